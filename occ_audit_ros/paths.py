@@ -1,0 +1,41 @@
+"""Where data lives: the demo keyframe embedded in the repo and the team's ``../shared`` tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: Embedded demo input: one real nuScenes keyframe (scene-0061, CC BY-NC-SA 4.0, see its README).
+EMBEDDED_DATA_DIR = REPO_ROOT / "data"
+
+
+def shared_dir() -> Path:
+    """The team's shared data tree: ``$OCC_AUDIT_SHARED`` or ``<repo>/../shared``.
+
+    Raises:
+        FileNotFoundError: when the directory does not exist, naming the variable to set.
+    """
+    path = Path(os.environ.get("OCC_AUDIT_SHARED", REPO_ROOT.parent / "shared")).resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"shared data directory {path} not found; set OCC_AUDIT_SHARED to the directory that "
+            "holds design/ and data/"
+        )
+    return path
+
+
+def nuscenes_keyframe_dir() -> Path:
+    """nuScenes table-format root of the embedded scene-0061 keyframe (``v1.0-test/``, ``samples/``)."""
+    return EMBEDDED_DATA_DIR / "nuscenes-scene-0061-kf0"
+
+
+def nuscenes_annotations_pkl() -> Path:
+    """MMDetection3D info pickle with the 69 GT boxes of the embedded keyframe."""
+    return EMBEDDED_DATA_DIR / "nuscenes-mmdet3d-annotations" / "n015-2018-07-24-11-22-45+0800.pkl"
+
+
+def clip_bpe_vocab() -> Path:
+    """CLIP's BPE merge list (MIT, OpenAI), used to tokenise with random-weight CLIP models."""
+    return EMBEDDED_DATA_DIR / "clip-bpe" / "bpe_simple_vocab_16e6.txt.gz"
