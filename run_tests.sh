@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): set up .venv if needed, then run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/setup_env.sh
+exec .venv/bin/python -m pytest -q test "$@"
