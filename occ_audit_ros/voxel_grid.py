@@ -180,9 +180,9 @@ def semantic_voxels_from_points(spec: VoxelGridSpec, points: np.ndarray, scores:
     Raises:
         ValueError: when ``scores`` has a column count other than ``len(labels)``.
     """
-    scores = np.asarray(scores, dtype=np.float32).reshape(len(points), -1)
-    if scores.shape[1] != len(labels):
-        raise ValueError(f"scores have {scores.shape[1]} columns for {len(labels)} labels")
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim != 2 or scores.shape != (len(points), len(labels)):
+        raise ValueError(f"scores have shape {scores.shape}, expected ({len(points)}, {len(labels)}) for the labels")
     flat, max_scores = scatter_max(spec, points, scores)
     label_ids = np.argmax(max_scores, axis=1) if len(flat) else np.zeros(0, np.int64)
     best = max_scores[np.arange(len(flat)), label_ids] if len(flat) else np.zeros(0, np.float32)
