@@ -1,0 +1,35 @@
+"""Replay a nuScenes bag (from nuscenes_to_bag) through the perception node, with RViz.
+
+    ros2 launch occ_audit_ros nuscenes_replay.launch.py bag:=output/demo/input_bag [rate:=1.0] [rviz:=true]
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.conditions import IfCondition
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory("occ_audit_ros")
+    return LaunchDescription([
+        DeclareLaunchArgument("bag", description="rosbag2 directory written by nuscenes_to_bag"),
+        DeclareLaunchArgument("rate", default_value="1.0", description="replay rate factor"),
+        DeclareLaunchArgument("loop", default_value="1", description="number of passes over the bag"),
+        DeclareLaunchArgument("clip_model", default_value="openai/clip-vit-base-patch32"),
+        DeclareLaunchArgument("rviz", default_value="true"),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(os.path.join(share, "launch", "perception.launch.py")),
+            launch_arguments={"clip_model": LaunchConfiguration("clip_model"), "use_sim_time": "true"}.items(),
+        ),
+        Node(package="occ_audit_ros", executable="bag_player", name="bag_player", output="screen",
+             parameters=[{"bag": LaunchConfiguration("bag"), "rate": LaunchConfiguration("rate"),
+                          "loop": LaunchConfiguration("loop")}]),
+        Node(package="rviz2", executable="rviz2", name="rviz2",
+             arguments=["-d", os.path.join(share, "config", "occ_audit.rviz")],
+             parameters=[{"use_sim_time": True}], condition=IfCondition(LaunchConfiguration("rviz"))),
+    ])

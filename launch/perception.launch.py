@@ -1,0 +1,32 @@
+"""Launch the perception node with its YAML parameters (needs a ROS 2 install with launch_ros).
+
+    ros2 launch occ_audit_ros perception.launch.py [params_file:=...] [clip_model:=...] [use_sim_time:=true]
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory("occ_audit_ros")
+    return LaunchDescription([
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "perception.yaml"),
+                              description="YAML parameters of perception_node"),
+        DeclareLaunchArgument("clip_model", default_value="openai/clip-vit-base-patch32",
+                              description="CLIP checkpoint directory or hub id ('random' for offline demos)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
+        Node(
+            package="occ_audit_ros",
+            executable="perception_node",
+            name="perception_node",
+            output="screen",
+            parameters=[LaunchConfiguration("params_file"),
+                        {"clip_model": LaunchConfiguration("clip_model"),
+                         "use_sim_time": LaunchConfiguration("use_sim_time")}],
+        ),
+    ])
