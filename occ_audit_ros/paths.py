@@ -39,3 +39,33 @@ def nuscenes_annotations_pkl() -> Path:
 def clip_bpe_vocab() -> Path:
     """CLIP's BPE merge list (MIT, OpenAI), used to tokenise with random-weight CLIP models."""
     return EMBEDDED_DATA_DIR / "clip-bpe" / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _share_dir() -> Path | None:
+    """``share/occ_audit_ros`` of a colcon install, when the package is installed that way."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:
+        return None
+    try:
+        return Path(get_package_share_directory("occ_audit_ros"))
+    except (PackageNotFoundError, ValueError, LookupError, OSError):  # OSError: no AMENT_PREFIX_PATH
+        return None
+
+
+def resource(relative: str) -> Path:
+    """A file or directory shipped with the package (``config/...``, ``msg``, ``launch/...``): from the
+    source tree when running from it, else from the colcon install's share directory.
+
+    Raises:
+        FileNotFoundError: when neither location has it.
+    """
+    candidates = [REPO_ROOT / relative]
+    if candidates[0].exists():
+        return candidates[0]
+    share = _share_dir()
+    if share is not None and (share / relative).exists():
+        return share / relative
+    if share is not None:
+        candidates.append(share / relative)
+    raise FileNotFoundError(f"{relative} not found in {', '.join(str(c) for c in candidates)}")
