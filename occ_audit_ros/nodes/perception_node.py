@@ -59,6 +59,10 @@ class PerceptionNode(Node):
     """
 
     def __init__(self, **kwargs: Any) -> None:
+        # Set before anything can fail: destroy_node() runs on a half-built node too (context shutdown).
+        self._cv = threading.Condition()
+        self._stop = False
+        self._worker: threading.Thread | None = None
         super().__init__("perception_node", **kwargs)
         for spec in PERCEPTION_PARAMS:
             self.declare_parameter(spec.name, spec.default,
@@ -104,8 +108,6 @@ class PerceptionNode(Node):
         self.counters = {"received_sets": 0, "processed": 0, "dropped": 0, "skipped": 0}
         self.last_result: PipelineResult | None = None
         self._pending: dict | None = None
-        self._cv = threading.Condition()
-        self._stop = False
         self._last_warn: dict[str, float] = {}
         self._worker = threading.Thread(target=self._work, name="perception_worker", daemon=True)
         self._worker.start()
@@ -238,7 +240,8 @@ class PerceptionNode(Node):
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        self._worker.join(timeout=30)
+        if self._worker is not None:
+            self._worker.join(timeout=30)
         super().destroy_node()
 
 
