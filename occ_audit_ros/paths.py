@@ -7,8 +7,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = Path(__file__).resolve().parent
-#: Embedded demo input: one real nuScenes keyframe (scene-0061, CC BY-NC-SA 4.0, see its README).
-EMBEDDED_DATA_DIR = REPO_ROOT / "data"
 
 
 def shared_dir() -> Path:
@@ -26,19 +24,29 @@ def shared_dir() -> Path:
     return path
 
 
+def _embedded_data() -> Path:
+    """Data shipped with the package: ``<repo>/data`` in a source tree, ``share/occ_audit_ros/data``
+    in a colcon install (one real nuScenes keyframe, CC BY-NC-SA 4.0, and CLIP's BPE list; see the
+    READMEs there)."""
+    try:
+        return resource("data")
+    except FileNotFoundError:
+        return REPO_ROOT / "data"  # callers report the missing file with its full path
+
+
 def nuscenes_keyframe_dir() -> Path:
     """nuScenes table-format root of the embedded scene-0061 keyframe (``v1.0-test/``, ``samples/``)."""
-    return EMBEDDED_DATA_DIR / "nuscenes-scene-0061-kf0"
+    return _embedded_data() / "nuscenes-scene-0061-kf0"
 
 
 def nuscenes_annotations_pkl() -> Path:
     """MMDetection3D info pickle with the 69 GT boxes of the embedded keyframe."""
-    return EMBEDDED_DATA_DIR / "nuscenes-mmdet3d-annotations" / "n015-2018-07-24-11-22-45+0800.pkl"
+    return _embedded_data() / "nuscenes-mmdet3d-annotations" / "n015-2018-07-24-11-22-45+0800.pkl"
 
 
 def clip_bpe_vocab() -> Path:
     """CLIP's BPE merge list (MIT, OpenAI), used to tokenise with random-weight CLIP models."""
-    return EMBEDDED_DATA_DIR / "clip-bpe" / "bpe_simple_vocab_16e6.txt.gz"
+    return _embedded_data() / "clip-bpe" / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def _share_dir() -> Path | None:
