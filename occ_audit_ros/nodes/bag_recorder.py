@@ -63,10 +63,19 @@ from occ_audit_ros.nodes.bag_player import (
     overrides_from_kwargs,
     resolve_message_type,
 )
-from occ_audit_ros.paths import REPO_ROOT
+from occ_audit_ros import paths
 
-#: The package's own message directory, registered as ``occ_audit_ros/msg/<Name>``.
-PACKAGE_MSG_DIR = REPO_ROOT / "msg"
+
+def package_msg_dir() -> Path | None:
+    """The package's own ``msg/`` directory (source tree or colcon share), or None if absent.
+
+    Its files are registered as ``occ_audit_ros/msg/<Name>``.
+    """
+    try:
+        return paths.resource("msg")
+    except FileNotFoundError:
+        return None
+
 #: Topics never recorded when recording "everything" (graph plumbing, not data).
 DEFAULT_EXCLUDED_TOPICS = ("/rosout", "/parameter_events")
 
@@ -110,7 +119,7 @@ def build_typestore(msg_dirs: Sequence[str] = ()) -> Any:
 
     Args:
         msg_dirs: entries ``"DIR"`` or ``"PKG=DIR"``; every ``DIR/*.msg`` is registered as
-            ``PKG/msg/<stem>``. :data:`PACKAGE_MSG_DIR` is added as ``occ_audit_ros`` when it
+            ``PKG/msg/<stem>``. :func:`package_msg_dir` is added as ``occ_audit_ros`` when it
             exists and is not listed.
 
     Returns:
@@ -130,8 +139,9 @@ def build_typestore(msg_dirs: Sequence[str] = ()) -> Any:
         if not path.is_dir():
             raise FileNotFoundError(f"msg directory not found: {path}")
         entries.append((pkg if sep else _package_name_of_msg_dir(path), path))
-    if PACKAGE_MSG_DIR.is_dir() and not any(p.resolve() == PACKAGE_MSG_DIR.resolve() for _, p in entries):
-        entries.append(("occ_audit_ros", PACKAGE_MSG_DIR))
+    own = package_msg_dir()
+    if own is not None and own.is_dir() and not any(p.resolve() == own.resolve() for _, p in entries):
+        entries.append(("occ_audit_ros", own))
     types: dict[str, Any] = {}
     for pkg, directory in entries:
         for msg_file in sorted(directory.glob("*.msg")):
