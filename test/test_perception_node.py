@@ -182,3 +182,18 @@ def test_missing_clip_weights_is_one_clear_error(capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert "does not exist" in err and "huggingface-cli download" in err
+
+
+def test_bag_without_a_camera_is_named_in_a_warning(ros, keyframe_bag, capfd):
+    node = ros(make_node())
+    with Reader(keyframe_bag) as reader:
+        topics = sorted({c.topic for c in reader.connections if not c.topic.startswith("/cam_front/")})
+    player = ros(BagPlayer(keyframe_bag, rate=0.0, topics=topics, wait_for_subscribers=["/cam_back/image_raw"],
+                           wait_for_subscribers_timeout=20.0))
+    player.play()
+    assert _wait(lambda: node.stream_counts["/cam_back/image_raw"] == 1)
+    time.sleep(1.5)  # the silent-stream check runs every second with warn_period_s 0
+    err = capfd.readouterr().err
+    assert "no message yet on 3 of 18 input topics" in err
+    assert "/cam_front/image_raw" in err and "/cam_front/depth" in err
+    assert node.counters["processed"] == 0 and node.counters["received_sets"] == 0

@@ -44,6 +44,8 @@ OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+#: The three synchronised input streams of a camera: kind -> topic suffix under the camera namespace.
+_STREAM_SUFFIX = {"image": "image_raw", "info": "camera_info", "depth": "depth"}
 
 
 class PerceptionNode(Node):
@@ -91,12 +93,12 @@ class PerceptionNode(Node):
                                  TF_STATIC_QOS)
         streams = [(cam, kind) for cam in self.cameras for kind in ("image", "info", "depth")]
         self.sync = ApproximateSynchronizer(streams, int(values["sync.slop_s"] * 1e9))
+        msg_types = {"image": Image, "info": CameraInfo, "depth": Image}
         for cam in self.cameras:
             ns = conventions.camera_namespace(cam).lstrip("/")
-            self.create_subscription(Image, f"{ns}/image_raw", self._make_cb(cam, "image"), qos_profile_sensor_data)
-            self.create_subscription(CameraInfo, f"{ns}/camera_info", self._make_cb(cam, "info"),
-                                     qos_profile_sensor_data)
-            self.create_subscription(Image, f"{ns}/depth", self._make_cb(cam, "depth"), qos_profile_sensor_data)
+            for kind, suffix in _STREAM_SUFFIX.items():
+                self.create_subscription(msg_types[kind], f"{ns}/{suffix}", self._make_cb(cam, kind),
+                                         qos_profile_sensor_data)
 
         from occ_audit_ros.msg import SemanticVoxelGrid
 
@@ -106,6 +108,9 @@ class PerceptionNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.counters = {"received_sets": 0, "processed": 0, "dropped": 0, "skipped": 0}
+        self.stream_counts = {f"{conventions.camera_namespace(cam)}/{suffix}": 0
+                              for cam in self.cameras for suffix in _STREAM_SUFFIX.values()}
+        self.create_timer(max(self.warn_period_s, 1.0), self._check_streams)
         self.last_result: PipelineResult | None = None
         self._pending: dict | None = None
         self._last_warn: dict[str, float] = {}
@@ -138,7 +143,10 @@ class PerceptionNode(Node):
                 self.warn("tf", f"ignoring transform {t.header.frame_id} <- {t.child_frame_id}: {err}")
 
     def _make_cb(self, cam: str, kind: str):
+        topic = f"{conventions.camera_namespace(cam)}/{_STREAM_SUFFIX[kind]}"
+
         def callback(msg) -> None:
+            self.stream_counts[topic] += 1
             matched = self.sync.add((cam, kind), stamp_to_ns(msg.header.stamp), msg)
             if matched is None:
                 return
@@ -149,6 +157,13 @@ class PerceptionNode(Node):
                 self._pending = matched
                 self._cv.notify()
         return callback
+
+    def _check_streams(self) -> None:
+        """Name the input topics that stay silent while others deliver (e.g. a bag without a camera)."""
+        silent = [t for t, n in self.stream_counts.items() if n == 0]
+        if silent and len(silent) < len(self.stream_counts):
+            self.warn("silent", f"no message yet on {len(silent)} of {len(self.stream_counts)} input topics, so no "
+                                f"frame can be synchronised: {', '.join(sorted(silent))}")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         for p in params:
