@@ -1,0 +1,124 @@
+"""Class prompts expanded into sub-category phrases, noise prompts, and the frozen text bank.
+
+AGO §3.1-3.2 (Eq. 3-4): every label is expanded into finer sub-category phrases (ours:
+``config/ago_classes.yaml`` ``phrases``, ``ago.md`` §8); each phrase is encoded once by the frozen
+text encoder; a category's logit is the mean of its phrases' logits. Noise prompts — words drawn at
+random from a general dictionary every iteration — are extra negative categories (AGO Table 5: random
+dictionary noise beats a fixed set). Our dictionary is the whole-word part of the BERT WordPiece
+vocabulary shipped with all-MiniLM-L6-v2 (``vocab.txt``); words whose embedding has cosine > 0.8 to
+a label phrase are rejected (``ago.md`` §8, design choice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .text import TextEncoder, minilm_model_dir
+
+__all__ = ["TextBank", "encode_vocabulary", "dictionary_words", "NoiseSampler"]
+
+
+@dataclass
+class TextBank:
+    """Frozen phrase embeddings of a vocabulary.
+
+    Attributes:
+        names: K category names (index = category id; for Occ3D the 17 class names).
+        emb: (T, C) float32 unit-norm phrase embeddings.
+        token_cat: (T,) int64 category id of each phrase, in [0, K).
+    """
+
+    names: list
+    emb: torch.Tensor
+    token_cat: torch.Tensor
+
+    @property
+    def num_categories(self) -> int:
+        """K."""
+        return len(self.names)
+
+
+def encode_vocabulary(encoder: TextEncoder, vocabulary) -> TextBank:
+    """Encode a vocabulary given as text.
+
+    Args:
+        encoder: frozen text encoder.
+        vocabulary: ordered mapping ``name -> list of phrases``, or a list of names (each name is
+            then its own single phrase, with ``_`` read as a space). Any texts work: unknown classes
+            can be queried at run time this way.
+
+    Returns:
+        :class:`TextBank`.
+
+    Raises:
+        ValueError: an empty vocabulary or a category without phrases.
+    """
+    if not isinstance(vocabulary, dict):
+        vocabulary = {n: [n.replace("_", " ")] for n in vocabulary}
+    if not vocabulary:
+        raise ValueError("vocabulary is empty")
+    names, phrases, cats = [], [], []
+    for k, (name, ph) in enumerate(vocabulary.items()):
+        ph = list(ph)
+        if not ph:
+            raise ValueError(f"category {name!r} has no phrases")
+        names.append(name)
+        phrases += ph
+        cats += [k] * len(ph)
+    return TextBank(names, encoder.encode(phrases), torch.tensor(cats, dtype=torch.int64))
+
+
+def dictionary_words(min_len: int = 4) -> list[str]:
+    """General-dictionary words for noise prompts: whole, lower-case alphabetic WordPiece tokens of
+    the all-MiniLM-L6-v2 vocabulary (no ``##`` pieces, no ``[unused]``), at least ``min_len`` letters.
+
+    Returns:
+        sorted list of ~20 k English words.
+
+    Raises:
+        FileNotFoundError: MiniLM wheel not installed.
+    """
+    words = (minilm_model_dir() / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    return sorted({w for w in words if len(w) >= min_len and w.isascii() and w.isalpha() and w.islower()})
+
+
+class NoiseSampler:
+    """Draws noise prompts (AGO §3.1): random dictionary words, embedded, rejecting near-labels.
+
+    Args:
+        encoder: the frozen text encoder (a :class:`CachedTextEncoder` keeps repeated words cheap).
+        words: dictionary.
+        label_emb: (T, C) label phrase embeddings; words with cosine > ``threshold`` to any are rejected.
+        threshold: rejection cosine (0.8, ``ago.md`` §8).
+        seed: RNG seed (per process; vary it per rank).
+    """
+
+    def __init__(self, encoder: TextEncoder, words, label_emb: torch.Tensor, threshold: float = 0.8,
+                 seed: int = 0):
+        if len(words) == 0:
+            raise ValueError("noise dictionary is empty")
+        self.encoder, self.words = encoder, list(words)
+        self.label_emb = label_emb.float()
+        self.threshold = float(threshold)
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, n: int) -> tuple[list[str], torch.Tensor]:
+        """``n`` noise words and their (n, C) float32 embeddings (n = 0 gives an empty (0, C))."""
+        if n <= 0:
+            return [], torch.zeros(0, self.label_emb.shape[1])
+        picked, embs = [], []
+        for _ in range(20):
+            cand = [self.words[i] for i in self.rng.choice(len(self.words), size=2 * n, replace=False)]
+            cand = [w for w in cand if w not in picked]
+            e = self.encoder.encode(cand)
+            ok = (e @ self.label_emb.T).max(dim=1).values <= self.threshold
+            for w, row, good in zip(cand, e, ok.tolist()):
+                if good and len(picked) < n:
+                    picked.append(w)
+                    embs.append(row)
+            if len(picked) == n:
+                return picked, torch.stack(embs)
+        raise RuntimeError(f"could not draw {n} noise words below cosine {self.threshold} to the labels")
