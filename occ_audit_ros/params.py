@@ -14,14 +14,34 @@ from typing import Any
 from .conventions import BASE_FRAME, CAMERA_CHANNELS
 
 
+#: ROS parameter type names by the Python type of a default (``ParamSpec.type``).
+_TYPE_NAMES = {bool: "bool", int: "integer", float: "double", str: "string"}
+
+
 @dataclass(frozen=True)
 class ParamSpec:
-    """One node parameter: dotted ROS name, default (its Python type is the parameter type), doc."""
+    """One node parameter: dotted ROS name, default (its Python type is the parameter type), doc.
+
+    Attributes:
+        name: dotted ROS parameter name (YAML nesting = dots).
+        default: default value; its Python type fixes the ROS parameter type.
+        description: one-line documentation (ParameterDescriptor.description and README table).
+        read_only: cannot change after start (ROS rejects the change).
+        choices: allowed values for a string parameter (empty = any).
+    """
 
     name: str
     default: Any
     description: str
     read_only: bool = False
+    choices: tuple[str, ...] = ()
+
+    @property
+    def type(self) -> str:
+        """ROS parameter type name: bool, integer, double, string, or ``<element>_array``."""
+        if isinstance(self.default, list):
+            return _TYPE_NAMES[type(self.default[0])] + "_array"
+        return _TYPE_NAMES[type(self.default)]
 
 
 DRIVING_LABELS = ["car", "truck", "bus", "pedestrian", "bicycle", "traffic cone", "barrier", "road",
@@ -36,6 +56,9 @@ PERCEPTION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("labels", list(DRIVING_LABELS),
               "Open-vocabulary label set queried jointly on every frame (relevancy is mean-subtracted over it)."),
     ParamSpec("prompt_template", "a photograph of a {} on a street.", "CLIP text prompt; '{}' is replaced by the label."),
+    ParamSpec("relevancy.preset", "",
+              "Relevancy preset by name ('semabs', 'fast') when occ_audit_ros.relevancy provides presets; "
+              "'' = use the relevancy.* parameters below. Changeable at run time (validated)."),
     ParamSpec("relevancy.tile_fractions", [1.0],
               "Sliding-window tile side per scale, as a fraction of the image's short side."),
     ParamSpec("relevancy.stride_fraction", 0.25, "Window stride as a fraction of the tile side."),
@@ -53,8 +76,27 @@ PERCEPTION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("sync.slop_s", 0.1, "Max stamp spread of one synchronised set of camera images, infos and depths [s]."),
     ParamSpec("publish.markers", True, "Publish visualization_msgs/MarkerArray of the voxels."),
     ParamSpec("publish.points", True, "Publish sensor_msgs/PointCloud2 (x, y, z, label, score) of the voxels."),
+    ParamSpec("tf.tolerance_s", 0.1,
+              "Max distance in time between an image stamp and the nearest dynamic transform on each TF edge [s]."),
+    ParamSpec("input.max_future_s", 30.0,
+              "Messages stamped further than this ahead of the node's clock are dropped with a warning [s] "
+              "(skipped while the clock reads 0, e.g. use_sim_time before the first /clock)."),
+    ParamSpec("diagnostics.period_s", 1.0,
+              "Period of diagnostic_msgs/DiagnosticArray on /diagnostics (rates, counters, per-stage latency) [s]; "
+              "0 disables."),
     ParamSpec("warn_period_s", 5.0, "Minimum period between repeated warnings of one kind [s]."),
 )
+
+#: Per-topic QoS overrides (rclpy QoSOverridingOptions, standard ROS 2 parameters): for every input topic
+#: ``T`` of the node, ``qos_overrides.T.subscription.<policy>`` with these policies, read-only, set from
+#: the parameter file, e.g. ``qos_overrides: {/cam_front/image_raw: {subscription: {reliability: reliable}}}``.
+QOS_OVERRIDE_POLICIES = ("history", "depth", "reliability")
+QOS_OVERRIDE_PREFIX = "qos_overrides."
+
+
+def qos_override_names(topics: list[str]) -> list[str]:
+    """Parameter names of the per-topic QoS overrides for fully qualified input ``topics``."""
+    return [f"{QOS_OVERRIDE_PREFIX}{t}.subscription.{p}" for t in topics for p in QOS_OVERRIDE_POLICIES]
 
 PARAMS_BY_NAME = {p.name: p for p in PERCEPTION_PARAMS}
 
@@ -88,16 +130,46 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"parameter {name} must be {type(default).__name__}, got {value!r}")
         out[name] = value
     for name in ("labels", "cameras"):
-        if not out[name] or any(not str(v).strip() for v in out[name]):
+        if not out[name] or any(not isinstance(v, str) or not v.strip() for v in out[name]):
             raise ValueError(f"parameter {name} must be a non-empty list of non-empty strings, got {out[name]!r}")
+    if len(set(out["labels"])) != len(out["labels"]):
+        raise ValueError(f"parameter labels has duplicates: {out['labels']!r}")
+    for name in ("sync.slop_s", "tf.tolerance_s", "input.max_future_s", "diagnostics.period_s", "warn_period_s"):
+        if not out[name] >= 0:
+            raise ValueError(f"parameter {name} must be >= 0, got {out[name]!r}")
     return out
+
+
+def relevancy_presets() -> tuple[str, ...]:
+    """Preset names offered by ``occ_audit_ros.relevancy`` (its ``PRESETS`` mapping), () if none yet."""
+    from . import relevancy
+
+    return tuple(sorted(getattr(relevancy, "PRESETS", {}) or ()))
+
+
+def check_preset(name: str) -> str:
+    """Validate a ``relevancy.preset`` value ('' = explicit relevancy.* parameters).
+
+    Raises:
+        ValueError: for a name that ``occ_audit_ros.relevancy`` does not offer.
+    """
+    if name == "":
+        return name
+    known = relevancy_presets()
+    if name not in known:
+        raise ValueError(f"unknown relevancy preset {name!r}; available: {list(known) or 'none in this build'} "
+                         "('' = use the relevancy.* parameters)")
+    return name
 
 
 def markdown_table() -> str:
     """The README's parameter table."""
-    rows = ["| parameter | default | description |", "|---|---|---|"]
+    rows = ["| parameter | type | default | description |", "|---|---|---|---|"]
     for p in PERCEPTION_PARAMS:
-        rows.append(f"| `{p.name}` | `{p.default}` | {p.description}{' (read-only)' if p.read_only else ''} |")
+        rows.append(f"| `{p.name}` | {p.type} | `{p.default!r}` | {p.description}{' (read-only)' if p.read_only else ''} |")
+    rows.append(f"| `qos_overrides.<topic>.subscription.{{{','.join(QOS_OVERRIDE_POLICIES)}}}` | per policy | "
+                "sensor data (best effort, keep last 5) | Per-input-topic QoS override (rclpy QoSOverridingOptions), "
+                "read-only, from the parameter file. |")
     return "\n".join(rows)
 
 

@@ -46,6 +46,9 @@ class TransformBuffer:
     def set_transform(self, parent: str, child: str, matrix: np.ndarray, stamp_ns: int, static: bool) -> None:
         """Add ``parent <- child`` (maps points in ``child`` to ``parent``): (4, 4) float64.
 
+        A dynamic sample with a stamp already on the edge replaces it (a looped bag does not grow
+        the buffer); samples older than ``cache_ns`` before the edge's newest are dropped.
+
         Raises:
             ValueError: on empty frame names, a frame that is its own parent, or a non-finite matrix.
         """
@@ -61,7 +64,10 @@ class TransformBuffer:
             if static:
                 edge.stamps, edge.matrices = [0], [matrix]
                 return
-            i = bisect.bisect(edge.stamps, stamp_ns)
+            i = bisect.bisect_left(edge.stamps, stamp_ns)
+            if i < len(edge.stamps) and edge.stamps[i] == stamp_ns:
+                edge.matrices[i] = matrix  # same stamp again (bag loop, republished TF): replace, never grow
+                return
             edge.stamps.insert(i, stamp_ns)
             edge.matrices.insert(i, matrix)
             cut = bisect.bisect_left(edge.stamps, edge.stamps[-1] - self._cache_ns)

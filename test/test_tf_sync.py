@@ -38,3 +38,56 @@ def test_sync_matches_within_slop_and_drops_old():
     assert sync.add("a", 330, "a330") == {"a": "a330", "b": "b320"}
     with pytest.raises(KeyError):
         sync.add("c", 1, "c")
+
+
+def test_same_stamp_replaces_instead_of_growing():
+    tf = TransformBuffer()
+    for i in range(50):  # a looped bag republishes the same stamps
+        tf.set_transform("map", "base_link", make_transform([float(i), 0, 0], [1, 0, 0, 0]), 1_000, static=False)
+    assert len(tf._edges["base_link"].stamps) == 1
+    np.testing.assert_allclose(tf.lookup("map", "base_link", 1_000)[:3, 3], [49.0, 0, 0])
+    # history is bounded by cache_ns behind the newest sample
+    tf = TransformBuffer(cache_ns=1_000)
+    for t in range(0, 10_000, 100):
+        tf.set_transform("map", "base_link", np.eye(4), t, static=False)
+    assert tf._edges["base_link"].stamps[0] >= 9_900 - 1_000
+
+
+def _brute_force_ok(chosen, slop):
+    stamps = [s for s, _ in chosen.values()]
+    return max(stamps) - min(stamps) <= slop
+
+
+def test_sync_many_streams_jitter_within_slop():
+    rng = np.random.default_rng(0)
+    keys = [(cam, kind) for cam in range(6) for kind in ("image", "info", "depth")]
+    slop = 30_000_000
+    sync = ApproximateSynchronizer(keys, slop_ns=slop)
+    emitted = []
+    for frame in range(40):
+        base = frame * 500_000_000
+        arrivals = [(k, base + int(rng.integers(0, slop // 2))) for k in keys]
+        rng.shuffle(arrivals)
+        for k, stamp in arrivals:
+            out = sync.add(tuple(k), stamp, (tuple(k), stamp))
+            if out is not None:
+                emitted.append(out)
+    assert len(emitted) == 40  # every frame, once
+    for s in emitted:
+        assert set(s) == set(keys)
+        stamps = [m[1] for m in s.values()]
+        assert max(stamps) - min(stamps) <= slop
+        assert len({st // 500_000_000 for st in stamps}) == 1  # never mixes two frames
+
+
+def test_sync_recovers_from_future_and_backwards_stamps():
+    sync = ApproximateSynchronizer(["a", "b"], slop_ns=10)
+    far = 2**62
+    assert sync.add("a", far, "future") is None  # far in the future: matches nothing
+    assert sync.add("b", 100, "b100") is None
+    assert sync.add("a", 100, "a100") == {"a": "a100", "b": "b100"}  # backwards in time: queue restarted
+    assert sync.add("b", 50, "b50") is None  # out of order on b: b's queue restarted
+    assert sync.add("a", 52, "a52") == {"a": "a52", "b": "b50"}
+    sync.slop_ns = 0  # slop changed at run time (parameter callback)
+    assert sync.add("a", 200, "a200") is None and sync.add("b", 201, "b201") is None
+    assert sync.add("b", 210, "b210") is None and sync.add("a", 210, "a210") == {"a": "a210", "b": "b210"}

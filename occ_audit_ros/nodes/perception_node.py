@@ -8,15 +8,23 @@ A thin rclpy adapter over :class:`occ_audit_ros.pipeline.PerceptionPipeline`:
 * processes the newest complete set on a worker thread with a queue of one (older sets are dropped
   and counted, so latency never builds up);
 * publishes ``semantic_voxels`` (occ_audit_ros/SemanticVoxelGrid), ``semantic_voxel_markers``
-  (visualization_msgs/MarkerArray) and ``semantic_points`` (sensor_msgs/PointCloud2), reliable.
+  (visualization_msgs/MarkerArray) and ``semantic_points`` (sensor_msgs/PointCloud2), reliable;
+* publishes ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): counters, rates, per-stage latency.
 
-Bad input (unknown encodings, size mismatches, missing transforms, NaN depth) is a rate-limited
-warning and the frame is skipped; the node keeps running.
+Inputs use sensor-data QoS, overridable per topic with the standard ``qos_overrides.<topic>.subscription.*``
+parameters; incompatible QoS events on any input or output are warnings naming the topic and policy.
+Transforms come from tf2_ros when it is importable, otherwise from
+:class:`occ_audit_ros.tf_buffer.TransformBuffer` over ``/tf`` and ``/tf_static``; a missing transform
+skips the frame with a warning, never an identity. Bad input (unknown encodings, size mismatches,
+missing transforms, NaN depth, stamps far in the future) is a rate-limited warning and the frame is
+skipped; the node keeps running.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
 import sys
 import threading
 import time
@@ -24,17 +32,22 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks, qos_policy_name_from_kind
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from .. import conventions
 from ..clip_model import ClipWeightsUnavailable, load_clip
-from ..params import PERCEPTION_PARAMS
+from ..params import PARAMS_BY_NAME, PERCEPTION_PARAMS, check_preset, validate
 from ..pipeline import CameraInput, PerceptionPipeline, PipelineResult, pipeline_config_from_params
 from ..sync import ApproximateSynchronizer
+from ..relevancy import RelevancyExtractor
 from ..tf_buffer import TransformBuffer, TransformUnavailable
 from .conversions import (camera_info_to_K, check_image_matches_info, depth_from_image_msg, rgb_from_image_msg,
                           semantic_voxels_to_markers, semantic_voxels_to_msg, semantic_voxels_to_pointcloud2,
@@ -44,8 +57,47 @@ OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+DIAGNOSTICS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 #: The three synchronised input streams of a camera: kind -> topic suffix under the camera namespace.
 _STREAM_SUFFIX = {"image": "image_raw", "info": "camera_info", "depth": "depth"}
+#: Parameters that take effect while running; every other one needs a restart (changes are refused).
+RUNTIME_PARAMS = frozenset({"labels", "relevancy.preset", "publish.markers", "publish.points", "sync.slop_s",
+                            "tf.tolerance_s", "input.max_future_s", "warn_period_s"})
+#: Worker stages reported in diagnostics [s]: queue wait, message conversion + TF, the pipeline's
+#: stages, publishing, and end to end (set complete -> published).
+STAGES = ("queue", "convert", "relevancy", "backproject", "fuse", "publish", "end_to_end")
+
+
+def input_topics(cameras: list[str]) -> list[str]:
+    """Fully qualified input topics of the node for ``cameras`` (without /tf, /tf_static)."""
+    return [f"{conventions.camera_namespace(c)}/{suffix}" for c in cameras for suffix in _STREAM_SUFFIX.values()]
+
+
+def output_topics() -> list[str]:
+    """Fully qualified output topics of the node (root namespace)."""
+    return ["/" + t for t in (conventions.SEMANTIC_VOXELS_TOPIC, conventions.VOXEL_MARKERS_TOPIC,
+                              conventions.SEMANTIC_POINTS_TOPIC)] + ["/diagnostics"]
+
+
+class _Tf2RosLookup:
+    """tf2_ros.Buffer + TransformListener behind the :class:`TransformBuffer` ``lookup`` signature."""
+
+    def __init__(self, node: Node, tf2_ros) -> None:
+        self._tf2 = tf2_ros
+        self.buffer = tf2_ros.Buffer()
+        self.listener = tf2_ros.TransformListener(self.buffer, node)
+
+    def lookup(self, target: str, source: str, stamp_ns: int = 0, tolerance_ns: int = 0) -> np.ndarray:
+        """(4, 4) float64 ``target <- source`` at ``stamp_ns`` (tf2 interpolates; tolerance unused).
+
+        Raises:
+            TransformUnavailable: on any tf2 lookup, connectivity or extrapolation error.
+        """
+        try:
+            t = self.buffer.lookup_transform(target, source, rclpy.time.Time(nanoseconds=int(stamp_ns)))
+        except (self._tf2.LookupException, self._tf2.ConnectivityException, self._tf2.ExtrapolationException) as err:
+            raise TransformUnavailable(f"tf2: {err}") from err
+        return transform_to_matrix(t.transform)
 
 
 class PerceptionNode(Node):
@@ -66,11 +118,16 @@ class PerceptionNode(Node):
         self._stop = False
         self._worker: threading.Thread | None = None
         super().__init__("perception_node", **kwargs)
+        self._last_warn: dict[str, float] = {}
+        self.warn_counts: dict[str, list[int]] = {}  # key -> [logged, suppressed]
+        self.warn_period_s = 0.0
         for spec in PERCEPTION_PARAMS:
             self.declare_parameter(spec.name, spec.default,
                                    ParameterDescriptor(description=spec.description, read_only=spec.read_only))
         values = {spec.name: self.get_parameter(spec.name).value for spec in PERCEPTION_PARAMS}
         values = {k: (list(v) if isinstance(v, (list, tuple)) or hasattr(v, "tolist") else v) for k, v in values.items()}
+        self.values = validate(values)
+        check_preset(self.values["relevancy.preset"])
         config = pipeline_config_from_params(values)
         self.cameras: list[str] = list(values["cameras"])
         self.publish_markers = values["publish.markers"]
@@ -83,37 +140,59 @@ class PerceptionNode(Node):
                 f"clip_model={clip.name}: RANDOMLY INITIALISED CLIP WEIGHTS. Every output is marked "
                 "random_weights=true and is NOT a real perception output.")
         self.pipeline = PerceptionPipeline(clip, config)
+        self._pending_preset: str | None = self.values["relevancy.preset"] or None
         self.get_logger().info(
             f"CLIP {clip.name} on {clip.device}; {len(config.labels)} labels; grid {config.grid.dims} "
             f"x {config.grid.voxel_size} m in {config.target_frame}; cameras {self.cameras}")
 
-        self.tf = TransformBuffer()
-        self.create_subscription(self._tf_type(), conventions.TF_TOPIC, lambda m: self._on_tf(m, False), TF_QOS)
-        self.create_subscription(self._tf_type(), conventions.TF_STATIC_TOPIC, lambda m: self._on_tf(m, True),
-                                 TF_STATIC_QOS)
+        self.counters = {"received_sets": 0, "processed": 0, "dropped": 0, "skipped": 0, "rejected_msgs": 0,
+                         "qos_incompatible": 0}
+        self.stream_counts = {t: 0 for t in input_topics(self.cameras)}
+        self.latency: dict[str, collections.deque] = {k: collections.deque(maxlen=50) for k in STAGES}
+
+        try:
+            import tf2_ros
+        except ImportError:
+            tf2_ros = None
+        if tf2_ros is not None:  # pragma: no cover - not installable in the venv
+            self.tf_backend = "tf2_ros"
+            self.tf = _Tf2RosLookup(self, tf2_ros)
+        else:
+            self.tf_backend = "occ_audit_ros.tf_buffer"
+            self.tf = TransformBuffer()
+            self.create_subscription(self._tf_type(), conventions.TF_TOPIC, lambda m: self._on_tf(m, False), TF_QOS,
+                                     event_callbacks=self._sub_events(conventions.TF_TOPIC))
+            self.create_subscription(self._tf_type(), conventions.TF_STATIC_TOPIC, lambda m: self._on_tf(m, True),
+                                     TF_STATIC_QOS, event_callbacks=self._sub_events(conventions.TF_STATIC_TOPIC))
         streams = [(cam, kind) for cam in self.cameras for kind in ("image", "info", "depth")]
         self.sync = ApproximateSynchronizer(streams, int(values["sync.slop_s"] * 1e9))
         msg_types = {"image": Image, "info": CameraInfo, "depth": Image}
         for cam in self.cameras:
-            ns = conventions.camera_namespace(cam).lstrip("/")
+            ns = conventions.camera_namespace(cam)
             for kind, suffix in _STREAM_SUFFIX.items():
-                self.create_subscription(msg_types[kind], f"{ns}/{suffix}", self._make_cb(cam, kind),
-                                         qos_profile_sensor_data)
+                topic = f"{ns}/{suffix}"
+                self.create_subscription(msg_types[kind], topic, self._make_cb(cam, kind), qos_profile_sensor_data,
+                                         event_callbacks=self._sub_events(topic),
+                                         qos_overriding_options=QoSOverridingOptions.with_default_policies())
 
         from occ_audit_ros.msg import SemanticVoxelGrid
 
-        self.grid_pub = self.create_publisher(SemanticVoxelGrid, conventions.SEMANTIC_VOXELS_TOPIC, OUTPUT_QOS)
-        self.marker_pub = self.create_publisher(MarkerArray, conventions.VOXEL_MARKERS_TOPIC, OUTPUT_QOS)
-        self.points_pub = self.create_publisher(PointCloud2, conventions.SEMANTIC_POINTS_TOPIC, OUTPUT_QOS)
+        def pub(msg_type, topic, qos):
+            return self.create_publisher(msg_type, topic, qos, event_callbacks=PublisherEventCallbacks(
+                incompatible_qos=lambda info: self._on_incompatible_qos(topic, "offered", info)))
+
+        self.grid_pub = pub(SemanticVoxelGrid, conventions.SEMANTIC_VOXELS_TOPIC, OUTPUT_QOS)
+        self.marker_pub = pub(MarkerArray, conventions.VOXEL_MARKERS_TOPIC, OUTPUT_QOS)
+        self.points_pub = pub(PointCloud2, conventions.SEMANTIC_POINTS_TOPIC, OUTPUT_QOS)
+        self.diag_pub = pub(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self.counters = {"received_sets": 0, "processed": 0, "dropped": 0, "skipped": 0}
-        self.stream_counts = {f"{conventions.camera_namespace(cam)}/{suffix}": 0
-                              for cam in self.cameras for suffix in _STREAM_SUFFIX.values()}
         self.create_timer(max(self.warn_period_s, 1.0), self._check_streams)
+        self._diag_prev = (time.monotonic(), dict(self.counters), sum(self.stream_counts.values()))
+        if values["diagnostics.period_s"] > 0:
+            self.create_timer(values["diagnostics.period_s"], self.publish_diagnostics)
         self.last_result: PipelineResult | None = None
-        self._pending: dict | None = None
-        self._last_warn: dict[str, float] = {}
+        self._pending: tuple[dict, float] | None = None
         self._worker = threading.Thread(target=self._work, name="perception_worker", daemon=True)
         self._worker.start()
 
@@ -128,33 +207,75 @@ class PerceptionNode(Node):
 
     # ------------------------------------------------------------------------------------- input
     def warn(self, key: str, text: str) -> None:
-        """Log ``text`` at most once per ``warn_period_s`` per ``key``."""
+        """Log ``text`` at most once per ``warn_period_s`` per ``key``; count logged and suppressed ones."""
         now = time.monotonic()
+        counts = self.warn_counts.setdefault(key, [0, 0])
         if now - self._last_warn.get(key, -1e18) >= self.warn_period_s:
             self._last_warn[key] = now
+            counts[0] += 1
             self.get_logger().warning(text)
+        else:
+            counts[1] += 1
+
+    def _sub_events(self, topic: str) -> SubscriptionEventCallbacks:
+        return SubscriptionEventCallbacks(
+            incompatible_qos=lambda info: self._on_incompatible_qos(topic, "requested", info))
+
+    def _on_incompatible_qos(self, topic: str, side: str, info) -> None:
+        """QoS event: a peer's QoS cannot match ours on ``topic`` (no messages will flow)."""
+        self.counters["qos_incompatible"] += 1
+        policy = qos_policy_name_from_kind(info.last_policy_kind)
+        ours = "subscription" if side == "requested" else "publisher"
+        self.warn(f"qos:{topic}", f"incompatible QoS on {topic}: our {ours} and a peer disagree on {policy} "
+                                  f"({info.total_count} incompatible peers so far); nothing flows between them. "
+                                  f"Inputs accept any reliability (sensor data, best effort); outputs are reliable "
+                                  f"and volatile; override inputs with qos_overrides.{topic}.subscription.*")
+
+    def _too_far_ahead(self, stamp_ns: int) -> bool:
+        now = self.get_clock().now().nanoseconds
+        return now > 0 and stamp_ns - now > self.values["input.max_future_s"] * 1e9
 
     def _on_tf(self, msg, static: bool) -> None:
-        for t in msg.transforms:
-            try:
-                self.tf.set_transform(t.header.frame_id, t.child_frame_id, transform_to_matrix(t.transform),
-                                      stamp_to_ns(t.header.stamp), static)
-            except ValueError as err:
-                self.warn("tf", f"ignoring transform {t.header.frame_id} <- {t.child_frame_id}: {err}")
+        try:
+            for t in msg.transforms:
+                stamp = stamp_to_ns(t.header.stamp)
+                if not static and self._too_far_ahead(stamp):
+                    self.counters["rejected_msgs"] += 1
+                    self.warn("future", f"ignoring transform {t.header.frame_id} <- {t.child_frame_id} stamped "
+                                        f"{stamp / 1e9:.3f}, more than input.max_future_s ahead of the clock")
+                    continue
+                try:
+                    self.tf.set_transform(t.header.frame_id, t.child_frame_id, transform_to_matrix(t.transform),
+                                          stamp, static)
+                except ValueError as err:
+                    self.warn("tf", f"ignoring transform {t.header.frame_id} <- {t.child_frame_id}: {err}")
+        except Exception as err:  # noqa: BLE001 - a callback must never take the executor down
+            self.warn("tf", f"ignoring TF message after {err.__class__.__name__}: {err}")
 
     def _make_cb(self, cam: str, kind: str):
         topic = f"{conventions.camera_namespace(cam)}/{_STREAM_SUFFIX[kind]}"
 
         def callback(msg) -> None:
-            self.stream_counts[topic] += 1
-            matched = self.sync.add((cam, kind), stamp_to_ns(msg.header.stamp), msg)
+            try:
+                self.stream_counts[topic] += 1
+                stamp = stamp_to_ns(msg.header.stamp)
+                if self._too_far_ahead(stamp):
+                    self.counters["rejected_msgs"] += 1
+                    self.warn("future", f"dropping {topic} message stamped {stamp / 1e9:.3f}: more than "
+                                        f"input.max_future_s={self.values['input.max_future_s']} s ahead of the clock")
+                    return
+                matched = self.sync.add((cam, kind), stamp, msg)
+            except Exception as err:  # noqa: BLE001 - a callback must never take the executor down
+                self.counters["rejected_msgs"] += 1
+                self.warn("input", f"dropping {topic} message after {err.__class__.__name__}: {err}")
+                return
             if matched is None:
                 return
             with self._cv:
                 self.counters["received_sets"] += 1
                 if self._pending is not None:
                     self.counters["dropped"] += 1  # the worker is busy: keep only the newest set
-                self._pending = matched
+                self._pending = (matched, time.perf_counter())
                 self._cv.notify()
         return callback
 
@@ -166,14 +287,52 @@ class PerceptionNode(Node):
                                 f"frame can be synchronised: {', '.join(sorted(silent))}")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
+        """Validate run-time parameter changes; apply labels, preset, slop, tolerances, publish flags.
+
+        Parameters outside :data:`RUNTIME_PARAMS` are refused (they need a restart), as are empty or
+        duplicate label lists and unknown presets.
+        """
+        changes = {}
         for p in params:
-            if p.name == "labels":
-                try:
-                    self.pipeline.set_labels(list(p.value))
-                except ValueError as err:
-                    return SetParametersResult(successful=False, reason=str(err))
-                self.get_logger().info(f"labels changed to {list(p.value)}")
+            if p.name not in PARAMS_BY_NAME:
+                continue  # use_sim_time, qos_overrides.* (read-only) ...
+            if p.name not in RUNTIME_PARAMS:
+                return SetParametersResult(successful=False, reason=f"{p.name} takes effect only at start: restart")
+            value = p.value
+            changes[p.name] = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else value
+        try:
+            new_values = validate({**self.values, **changes})
+            check_preset(new_values["relevancy.preset"])
+        except ValueError as err:
+            self.warn("param", f"refusing parameter change {changes}: {err}")
+            return SetParametersResult(successful=False, reason=str(err))
+        self.values = new_values
+        if "labels" in changes:
+            self.pipeline.set_labels(new_values["labels"])
+            self.get_logger().info(f"labels changed to {new_values['labels']}")
+        if "relevancy.preset" in changes:
+            with self._cv:
+                self._pending_preset = new_values["relevancy.preset"] or ""
+            self.get_logger().info(f"relevancy preset -> {new_values['relevancy.preset']!r} from the next frame")
+        if "sync.slop_s" in changes:
+            self.sync.slop_ns = int(new_values["sync.slop_s"] * 1e9)
+        self.publish_markers = new_values["publish.markers"]
+        self.publish_points = new_values["publish.points"]
+        self.warn_period_s = new_values["warn_period_s"]
         return SetParametersResult(successful=True)
+
+    def _apply_preset(self, name: str) -> None:
+        """Swap the relevancy extractor for preset ``name`` ('' = the relevancy.* parameters)."""
+        from .. import relevancy
+
+        if name:
+            preset = relevancy.PRESETS[name]
+            rel = preset() if callable(preset) else preset
+            rel = dataclasses.replace(rel, prompt_template=self.values["prompt_template"])
+        else:
+            rel = pipeline_config_from_params(self.values).relevancy
+        self.pipeline.config.relevancy = rel
+        self.pipeline.extractor = RelevancyExtractor(self.pipeline.clip, rel)
 
     # ------------------------------------------------------------------------------------- work
     def camera_inputs(self, matched: dict) -> list[CameraInput]:
@@ -190,7 +349,8 @@ class PerceptionNode(Node):
             check_image_matches_info(image_msg, info_msg)
             check_image_matches_info(depth_msg, info_msg)
             stamp = stamp_to_ns(image_msg.header.stamp)
-            T = self.tf.lookup(target, image_msg.header.frame_id, stamp)
+            T = self.tf.lookup(target, image_msg.header.frame_id, stamp,
+                               tolerance_ns=int(self.values["tf.tolerance_s"] * 1e9))
             inputs.append(CameraInput(cam, rgb_from_image_msg(image_msg), camera_info_to_K(info_msg), T,
                                       depth_from_image_msg(depth_msg), stamp))
         return inputs
@@ -202,9 +362,14 @@ class PerceptionNode(Node):
                     self._cv.wait()
                 if self._stop:
                     return
-                matched, self._pending = self._pending, None
+                (matched, t_ready), self._pending = self._pending, None
+                preset, self._pending_preset = self._pending_preset, None
+            t_start = time.perf_counter()
             try:
+                if preset is not None:
+                    self._apply_preset(preset)
                 inputs = self.camera_inputs(matched)
+                t_conv = time.perf_counter()
                 result = self.pipeline.process(inputs)
             except TransformUnavailable as err:
                 self.counters["skipped"] += 1
@@ -218,7 +383,20 @@ class PerceptionNode(Node):
                 self.counters["skipped"] += 1
                 self.warn("error", f"skipping frame after {err.__class__.__name__}: {err}")
                 continue
-            self.publish(result)
+            t_pub = time.perf_counter()
+            try:
+                self.publish(result)
+            except Exception as err:  # noqa: BLE001
+                self.counters["skipped"] += 1
+                self.warn("publish", f"could not publish frame after {err.__class__.__name__}: {err}")
+                continue
+            t_end = time.perf_counter()
+            stages = {"queue": t_start - t_ready, "convert": t_conv - t_start, "publish": t_end - t_pub,
+                      "end_to_end": t_end - t_ready,
+                      **{k: result.timings_s[k] for k in ("relevancy", "backproject", "fuse")}}
+            result.timings_s.update({k: stages[k] for k in ("queue", "convert", "publish", "end_to_end")})
+            for k, v in stages.items():
+                self.latency[k].append(v)
 
     def publish(self, result: PipelineResult) -> None:
         """Publish the grid, and markers / points when enabled; log one summary line."""
@@ -238,6 +416,54 @@ class PerceptionNode(Node):
             f"{len(voxels.indices)} voxels, {sum(result.points_per_camera.values())} depth points; "
             f"relevancy {t['relevancy']:.2f} s, back-projection {t['backproject']:.3f} s, "
             f"fusion {t['fuse']:.3f} s, total {t['total']:.2f} s")
+
+    def diagnostics(self) -> DiagnosticArray:
+        """diagnostic_msgs/DiagnosticArray: pipeline status (counters, rates over the last period,
+        latency per stage: mean and max of the last 50 frames [s], warnings) and input status (per topic)."""
+        now = time.monotonic()
+        prev_t, prev_counters, prev_msgs = self._diag_prev
+        counters = dict(self.counters)
+        msgs = sum(self.stream_counts.values())
+        dt = max(now - prev_t, 1e-9)
+        self._diag_prev = (now, counters, msgs)
+        delta = {k: counters[k] - prev_counters.get(k, 0) for k in counters}
+        values = {k: str(v) for k, v in counters.items()}
+        values.update({f"{k}_hz": f"{delta[k] / dt:.3f}" for k in ("received_sets", "processed", "dropped", "skipped")})
+        values["input_msgs_hz"] = f"{(msgs - prev_msgs) / dt:.3f}"
+        for k, d in self.latency.items():
+            lat = list(d)
+            values[f"latency_{k}_mean_s"] = f"{np.mean(lat):.4f}" if lat else "nan"
+            values[f"latency_{k}_max_s"] = f"{np.max(lat):.4f}" if lat else "nan"
+        values["warnings_logged"] = str(sum(c[0] for c in self.warn_counts.values()))
+        values["warnings_suppressed"] = str(sum(c[1] for c in self.warn_counts.values()))
+        values.update({"tf_backend": self.tf_backend, "labels": str(len(self.pipeline.config.labels)),
+                       "relevancy_preset": self.values["relevancy.preset"] or "(parameters)",
+                       "clip_model": self.pipeline.clip.name,
+                       "random_weights": str(self.pipeline.clip.random_weights).lower()})
+        problems = []
+        if delta["skipped"]:
+            problems.append(f"{delta['skipped']} frames skipped")
+        if delta["dropped"]:
+            problems.append(f"{delta['dropped']} frames dropped (worker busy)")
+        if delta["qos_incompatible"]:
+            problems.append("incompatible QoS")
+        if delta["rejected_msgs"]:
+            problems.append(f"{delta['rejected_msgs']} messages rejected")
+        level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+        pipeline = DiagnosticStatus(level=level, name="perception_node: pipeline", hardware_id="occ_audit_ros",
+                                    message="; ".join(problems) or "ok",
+                                    values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        silent = sorted(t for t, n in self.stream_counts.items() if n == 0)
+        inputs = DiagnosticStatus(
+            level=DiagnosticStatus.WARN if silent and len(silent) < len(self.stream_counts) else DiagnosticStatus.OK,
+            name="perception_node: inputs", hardware_id="occ_audit_ros",
+            message=f"silent: {', '.join(silent)}" if silent else "ok",
+            values=[KeyValue(key=t, value=str(n)) for t, n in self.stream_counts.items()])
+        return DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[pipeline, inputs])
+
+    def publish_diagnostics(self) -> None:
+        """Timer callback: publish :meth:`diagnostics` on /diagnostics."""
+        self.diag_pub.publish(self.diagnostics())
 
     def wait_for_frames(self, count: int, timeout_s: float) -> bool:
         """Block until ``count`` frames were published (True) or ``timeout_s`` passes (False)."""
@@ -268,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init(args=argv)
     try:
         node = PerceptionNode()
-    except ClipWeightsUnavailable as err:
+    except (ClipWeightsUnavailable, ValueError) as err:
         print(f"perception_node: {err}", file=sys.stderr)
         rclpy.try_shutdown()
         return 1
