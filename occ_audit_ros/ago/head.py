@@ -1,0 +1,125 @@
+"""Grounding head, free embedding, modality adapter and open-world identifier (AGO §3.1-3.3).
+
+Voxel-text similarity (AGO Eq. 3) is a **scaled cosine**: ``S = s * <f/|f|, t/|t|>`` with a learnable
+temperature ``s = exp(log_scale)`` initialised at 1/0.07 (CLIP's), the deviation ``ago.md`` §8 allows
+when raw dot products are unstable (they are with randomly initialised voxel features). Category
+logits (Eq. 4) average the phrase logits of each category. Logit layout: ``(N, K + 1 + M)`` =
+K vocabulary categories, free at K, M noise categories (see :mod:`.losses`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .prompts import TextBank
+
+__all__ = ["ModalityAdapter", "GroundingHead", "entropy", "open_world_identify"]
+
+
+class ModalityAdapter(nn.Module):
+    """AGO's modality adapter M.A.: 2-layer MLP with softplus, ``F_hat = W2 softplus(W1 F + b1) + b2``."""
+
+    def __init__(self, dim: int, hidden: int | None = None):
+        """Args: dim: embedding width C; hidden: hidden width (default C)."""
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden or dim), nn.Softplus(), nn.Linear(hidden or dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., C) float."""
+        return self.net(x)
+
+
+class GroundingHead(nn.Module):
+    """Scores voxel embeddings against frozen text embeddings, a learned free embedding and noise.
+
+    Args:
+        dim: embedding width C (= the text encoder's).
+        logit_scale_init: initial temperature s (1/0.07).
+        adapter: build the modality adapter branch.
+    """
+
+    def __init__(self, dim: int, logit_scale_init: float = 1 / 0.07, adapter: bool = True):
+        super().__init__()
+        self.dim = int(dim)
+        self.free_embedding = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))
+        self.adapter = ModalityAdapter(dim) if adapter else None
+
+    def logits(self, feats: torch.Tensor, bank: TextBank, noise_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Category logits S_sem (AGO Eq. 3-4).
+
+        Args:
+            feats: (N, C) voxel embeddings.
+            bank: K categories' phrase embeddings (frozen).
+            noise_emb: (M, C) noise-word embeddings or None.
+
+        Returns:
+            (N, K + 1 + M) float logits (categories, free, noise).
+
+        Raises:
+            ValueError: width mismatch.
+        """
+        if feats.shape[-1] != self.dim or bank.emb.shape[-1] != self.dim:
+            raise ValueError(f"voxel width {feats.shape[-1]} / text width {bank.emb.shape[-1]} != head width {self.dim}")
+        f = F.normalize(feats, dim=-1)
+        t = F.normalize(bank.emb.to(f), dim=-1)
+        k = bank.num_categories
+        token_cat = bank.token_cat.to(f.device)
+        avg = torch.zeros(t.shape[0], k, dtype=f.dtype, device=f.device)
+        avg[torch.arange(t.shape[0], device=f.device), token_cat] = 1.0
+        avg = avg / avg.sum(0, keepdim=True)
+        scale = self.log_scale.exp()
+        cols = [(f @ t.T) @ avg, (f @ F.normalize(self.free_embedding, dim=0))[:, None]]
+        if noise_emb is not None and len(noise_emb):
+            cols.append(f @ F.normalize(noise_emb.to(f), dim=-1).T)
+        return scale * torch.cat(cols, dim=1)
+
+    def forward(self, feats: torch.Tensor, bank: TextBank, noise_emb: torch.Tensor | None = None) -> dict:
+        """Both branches.
+
+        Args:
+            feats: (N, C) voxel embeddings F^{3D}.
+
+        Returns:
+            dict with ``logits`` (N, K+1+M) of the grounding branch (from F^{3D}); when the adapter
+            exists also ``adapted`` (N, C) = F_hat^{3D} and ``logits_adapted`` (N, K+1+M).
+        """
+        out = {"logits": self.logits(feats, bank, noise_emb)}
+        if self.adapter is not None:
+            adapted = self.adapter(feats)
+            out["adapted"] = adapted
+            out["logits_adapted"] = self.logits(adapted, bank, noise_emb)
+        return out
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of (..., C) probabilities, -> (...)."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+
+
+def open_world_identify(logits: torch.Tensor, logits_adapted: torch.Tensor,
+                        criterion: str = "entropy") -> tuple[torch.Tensor, torch.Tensor]:
+    """Open-world identifier (AGO §3.3, Eq. 9): per voxel, keep the branch whose softmax is more
+    certain.
+
+    Args:
+        logits: (N, K') grounding-branch logits (noise columns dropped by the caller at inference).
+        logits_adapted: (N, K') adapter-branch logits.
+        criterion: ``"entropy"`` (c = 1[H(P) < H(P_hat)], the paper's) or ``"confidence"`` (max prob).
+
+    Returns:
+        ``(probs, use_grounding)``: (N, K') float final probabilities and (N,) bool, True where the
+        grounding branch was chosen.
+    """
+    p, q = logits.softmax(-1), logits_adapted.softmax(-1)
+    if criterion == "entropy":
+        c = entropy(p) < entropy(q)
+    elif criterion == "confidence":
+        c = p.max(-1).values > q.max(-1).values
+    else:
+        raise ValueError(f"criterion must be 'entropy' or 'confidence', got {criterion!r}")
+    return torch.where(c[:, None], p, q), c
