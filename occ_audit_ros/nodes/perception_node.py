@@ -57,6 +57,16 @@ OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+def sensor_qos() -> QoSProfile:
+    """A fresh sensor-data profile (best effort, keep last 5, volatile) for one input subscription.
+
+    Fresh per subscription because rclpy's QoS overriding writes the overridden policies into the
+    profile object it is given (the shared ``qos_profile_sensor_data`` would change for everyone).
+    """
+    return QoSProfile(history=qos_profile_sensor_data.history, depth=qos_profile_sensor_data.depth,
+                      reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+
+
 DIAGNOSTICS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 #: The three synchronised input streams of a camera: kind -> topic suffix under the camera namespace.
 _STREAM_SUFFIX = {"image": "image_raw", "info": "camera_info", "depth": "depth"}
@@ -171,7 +181,7 @@ class PerceptionNode(Node):
             ns = conventions.camera_namespace(cam)
             for kind, suffix in _STREAM_SUFFIX.items():
                 topic = f"{ns}/{suffix}"
-                self.create_subscription(msg_types[kind], topic, self._make_cb(cam, kind), qos_profile_sensor_data,
+                self.create_subscription(msg_types[kind], topic, self._make_cb(cam, kind), sensor_qos(),
                                          event_callbacks=self._sub_events(topic),
                                          qos_overriding_options=QoSOverridingOptions.with_default_policies())
 

@@ -1,0 +1,39 @@
+"""Shared helpers of the node tests: an rclpy context with a spinning executor, a node factory."""
+
+import threading
+
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+
+from occ_audit_ros.nodes.perception_node import PerceptionNode
+
+
+class RosContext:
+    """rclpy.init + a MultiThreadedExecutor spinning on a thread; ``add(node)`` returns the node."""
+
+    def __init__(self):
+        rclpy.init()
+        self.executor = MultiThreadedExecutor(num_threads=4)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.nodes = []
+        self.thread.start()
+
+    def add(self, node):
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def close(self):
+        self.executor.shutdown()
+        for node in reversed(self.nodes):
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def small_node(**overrides) -> PerceptionNode:
+    """A perception node on one camera with the tiny random CLIP and a few labels."""
+    params = {"clip_model": "random-tiny", "cameras": ["CAM_FRONT"], "labels": ["car", "road", "tree"],
+              "relevancy.output_stride": 4, "grid.lower": [-20.0, -20.0, -1.0], "grid.upper": [20.0, 20.0, 5.4],
+              "warn_period_s": 0.0, "diagnostics.period_s": 0.25, **overrides}
+    return PerceptionNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
