@@ -6,6 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+# open3d (procedural simulator) loads libusb-1.0 at import; it is a Debian package, not a wheel.
+if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing Debian libusb-1.0-0 (needed by open3d)"
+    apt-get install -y -qq libusb-1.0-0 >/dev/null || { apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null; }
+  else
+    echo "[setup] warning: libusb-1.0 missing and not root: run 'sudo apt-get install libusb-1.0-0' for open3d" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $PYTHON"
   "$PYTHON" -m venv .venv
