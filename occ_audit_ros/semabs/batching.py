@@ -1,0 +1,90 @@
+"""Training/evaluation batches from SemAbs samples (format: :mod:`.toy` docstring).
+
+OVSSC (design notes Sec. 4): per scene N input points sampled uniformly, K labels (padded with a mask
+when the scene has fewer), M query points per label drawn uniformly from the valid queries.
+VOOL: per scene Q descriptions (padded with the "[pad]" relation and a mask), M queries per
+description drawn with positives and negatives equally likely (``balance_spatial_sampling``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .model import RELATIONS
+from .pointcloud import sample_points
+
+__all__ = ["ovssc_batch", "vool_batch"]
+
+
+def _queries(valid: np.ndarray, occ: np.ndarray, m: int, rng, balanced: bool) -> np.ndarray:
+    idx = np.flatnonzero(valid)
+    if len(idx) == 0:
+        raise ValueError("a sample has no valid query point")
+    if balanced:
+        pos, neg = idx[occ[idx]], idx[~occ[idx]]
+        if len(pos) and len(neg):
+            take_pos = rng.random(m) < 0.5
+            return np.where(take_pos, rng.choice(pos, m), rng.choice(neg, m))
+    return rng.choice(idx, m, replace=len(idx) < m)
+
+
+def ovssc_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: int, labels_per_scene: int,
+                num_queries: int) -> dict[str, torch.Tensor]:
+    """Stack OVSSC inputs and targets.
+
+    Returns:
+        ``xyz`` (B, N, 3) float32 [m]; ``relevancy`` (B, K, N) float32; ``queries`` (B, K, M, 3) float32 [m];
+        ``target`` (B, K, M) float32 in {0, 1}; ``mask`` (B, K, M) bool (padding labels are False).
+    """
+    xs, rs, qs, ts, ms = [], [], [], [], []
+    for s in samples:
+        L = len(s["labels"])
+        chosen = rng.choice(L, min(L, labels_per_scene), replace=False)
+        xyz, rel = sample_points(s["xyz"], s["relevancy"][chosen], num_points, rng)
+        r = np.zeros((labels_per_scene, num_points), np.float32)
+        q = np.zeros((labels_per_scene, num_queries, 3), np.float32)
+        t = np.zeros((labels_per_scene, num_queries), np.float32)
+        m = np.zeros((labels_per_scene, num_queries), bool)
+        for k, lab in enumerate(chosen):
+            r[k] = rel[k]
+            qi = _queries(s["valid"], s["occupancy"][lab], num_queries, rng, balanced=False)
+            q[k], t[k], m[k] = s["queries"][qi], s["occupancy"][lab][qi], True
+        xs.append(xyz), rs.append(r), qs.append(q), ts.append(t), ms.append(m)
+    return {"xyz": torch.from_numpy(np.stack(xs)), "relevancy": torch.from_numpy(np.stack(rs)),
+            "queries": torch.from_numpy(np.stack(qs)), "target": torch.from_numpy(np.stack(ts)),
+            "mask": torch.from_numpy(np.stack(ms))}
+
+
+def vool_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: int, descs_per_scene: int,
+               num_queries: int, balanced: bool = True) -> dict[str, torch.Tensor]:
+    """Stack VOOL inputs and targets.
+
+    Returns:
+        ``xyz`` (B, N, 3); ``target_relevancy``, ``reference_relevancy`` (B, Q, N) float32;
+        ``relations`` (B, Q) int64; ``queries`` (B, Q, M, 3); ``target`` (B, Q, M) float32;
+        ``mask`` (B, Q, M) bool.
+    """
+    out = {k: [] for k in ("xyz", "target_relevancy", "reference_relevancy", "relations", "queries", "target", "mask")}
+    pad = RELATIONS.index("[pad]")
+    for s in samples:
+        D = len(s["descriptions"])
+        chosen = rng.choice(D, min(D, descs_per_scene), replace=False) if D else np.zeros(0, int)
+        xyz, rel = sample_points(s["xyz"], s["relevancy"], num_points, rng)
+        tr = np.zeros((descs_per_scene, num_points), np.float32)
+        rr = np.zeros_like(tr)
+        rel_ids = np.full(descs_per_scene, pad, np.int64)
+        q = np.zeros((descs_per_scene, num_queries, 3), np.float32)
+        t = np.zeros((descs_per_scene, num_queries), np.float32)
+        m = np.zeros((descs_per_scene, num_queries), bool)
+        for k, d in enumerate(chosen):
+            ti, relation, ri = s["descriptions"][d]
+            tr[k], rr[k], rel_ids[k] = rel[ti], rel[ri], RELATIONS.index(relation)
+            occ = s["vool_occupancy"][d]
+            qi = _queries(s["valid"], occ, num_queries, rng, balanced)
+            q[k], t[k], m[k] = s["queries"][qi], occ[qi], True
+        for key, val in zip(out, (xyz, tr, rr, rel_ids, q, t, m)):
+            out[key].append(val)
+    return {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}

@@ -1,0 +1,103 @@
+"""SemAbs evaluation: voxel IoU at 32^3 with one global logit cutoff (paper Sec. 4; design notes Sec. 6).
+
+Protocol: per (view, label) the query predictions and labels are max-pooled into a 32^3 voxelisation of
+the workspace (ignored queries excluded, voxels without any query ignored); IoU is binary per
+(view, label); the cutoff is swept (reference: logits in [-2.5, -0.1], step 0.1) and the single best
+cutoff by mean IoU on the validation split is then applied unchanged to the test splits.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .pointcloud import Workspace
+
+__all__ = ["REFERENCE_CUTOFFS", "voxel_max", "voxel_iou", "iou_table", "choose_cutoff"]
+
+#: The reference sweep: logit cutoffs -2.5, -2.4, ..., -0.1.
+REFERENCE_CUTOFFS = np.round(np.arange(-2.5, -0.05, 0.1), 6)
+
+
+def voxel_max(points: np.ndarray, values: np.ndarray, workspace: Workspace, grid: int = 32,
+              valid: np.ndarray | None = None) -> np.ndarray:
+    """Max-pool point values into a grid^3 cell voxelisation of the workspace.
+
+    Cell (i, j, k) covers ``lower + [i, i+1) * (upper - lower) / grid`` (upper faces included in the
+    last cell).
+
+    Args:
+        points: (M, 3) float query points [m]; values: (M,) float (logits) or bool (labels);
+        valid: (M,) bool, queries to use (all when None); points outside the workspace are ignored.
+
+    Returns:
+        (grid^3,) float64, C order (x, y, z), ``-inf`` in cells without any used query.
+    """
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(v) != len(p):
+        raise ValueError(f"{len(p)} points but {len(v)} values")
+    keep = workspace.contains(p) & np.isfinite(v)
+    if valid is not None:
+        keep &= np.asarray(valid, bool).reshape(-1)
+    lo, up = np.asarray(workspace.lower), np.asarray(workspace.upper)
+    ijk = np.clip(np.floor((p[keep] - lo) / (up - lo) * grid), 0, grid - 1).astype(np.int64)
+    flat = (ijk[:, 0] * grid + ijk[:, 1]) * grid + ijk[:, 2]
+    out = np.full(grid ** 3, -np.inf)
+    np.maximum.at(out, flat, v[keep])
+    return out
+
+
+def voxel_iou(pred_vox: np.ndarray, gt_vox: np.ndarray, cutoffs: Sequence[float]) -> np.ndarray:
+    """Binary IoU of ``pred_vox > cutoff`` against ``gt_vox > 0.5`` over observed cells.
+
+    Args:
+        pred_vox: (V,) max-pooled prediction (``-inf`` = no query); gt_vox: (V,) max-pooled labels.
+        cutoffs: (C,) cutoffs.
+
+    Returns:
+        (C,) float64 IoU in [0, 1]; NaN where prediction and ground truth are both empty.
+    """
+    seen = np.isfinite(gt_vox)
+    gt = gt_vox[seen] > 0.5
+    pred = pred_vox[seen][None, :] > np.asarray(cutoffs, dtype=np.float64)[:, None]
+    inter = (pred & gt[None]).sum(1)
+    union = (pred | gt[None]).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+
+
+def iou_table(points_list, pred_list, gt_list, workspace: Workspace, cutoffs: Sequence[float], grid: int = 32,
+              valid_list=None) -> np.ndarray:
+    """IoU of many (view, label) items at every cutoff.
+
+    Args:
+        points_list: per item (M_i, 3) query points; pred_list: per item (M_i,) logits;
+        gt_list: per item (M_i,) bool occupancy; valid_list: optional per item (M_i,) bool.
+
+    Returns:
+        (items, C) float64 IoU (NaN where undefined).
+    """
+    rows = []
+    for i, (p, s, g) in enumerate(zip(points_list, pred_list, gt_list)):
+        valid = None if valid_list is None else valid_list[i]
+        rows.append(voxel_iou(voxel_max(p, s, workspace, grid, valid), voxel_max(p, g, workspace, grid, valid), cutoffs))
+    return np.array(rows).reshape(len(rows), len(cutoffs))
+
+
+def choose_cutoff(table: np.ndarray, cutoffs: Sequence[float]) -> tuple[float, float]:
+    """The cutoff with the best mean IoU over items (NaN items skipped).
+
+    Returns:
+        ``(cutoff, mean_iou)``.
+
+    Raises:
+        ValueError: when the table has no defined IoU.
+    """
+    with np.errstate(all="ignore"):
+        means = np.nanmean(table, axis=0) if len(table) else np.full(len(cutoffs), np.nan)
+    if not np.any(np.isfinite(means)):
+        raise ValueError("no defined IoU to choose a cutoff from")
+    best = int(np.nanargmax(means))
+    return float(np.asarray(cutoffs)[best]), float(means[best])

@@ -1,0 +1,289 @@
+"""Train the SemAbs 3D networks (OVSSC completion or VOOL localisation) and evaluate them.
+
+Semantic Abstraction (Ha & Song, CoRL 2022) Sec. 4 / App. 6.4: binary cross-entropy with logits on
+query points (padding masked), AdamW, lr 5e-4, cosine annealing with warm restarts. Only the 3D
+networks are trained; relevancy comes with the data.
+
+Usage:
+    python training/train_semabs.py --config config/semabs_cpu.yaml [--set train.max_steps=200 ...]
+    torchrun --nproc_per_node 2 training/train_semabs.py --config config/semabs_cpu.yaml   # DDP, gloo on CPU
+
+Resume: rerun the same command; the latest checkpoint ``<out_dir>/last.safetensors`` (written atomically
+every ``train.ckpt_every`` steps) restores weights, AdamW state, scheduler position and step. The data
+of step s on rank k is drawn from a generator seeded with (seed, s, k), so a resumed run continues
+exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from occ_audit_ros.semabs.batching import ovssc_batch, vool_batch  # noqa: E402
+from occ_audit_ros.semabs.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from occ_audit_ros.semabs.metrics import REFERENCE_CUTOFFS, choose_cutoff, iou_table  # noqa: E402
+from occ_audit_ros.semabs.model import RELATIONS, SemAbsConfig  # noqa: E402
+from occ_audit_ros.semabs.toy import toy_scene  # noqa: E402
+
+DEFAULTS = {
+    "task": "ovssc",
+    "seed": 0,
+    "out_dir": "runs/semabs",
+    "model": {},
+    "data": {"source": "toy", "train_scenes": 64, "val_scenes": 8, "toy": {}},
+    "train": {"max_steps": 100, "batch_size": 2, "labels_per_scene": 4, "descs_per_scene": 4,
+              "num_input_points": 4000, "num_queries": 2000, "lr": 5.0e-4, "weight_decay": 1.0e-2,
+              "restart_steps": 50, "restart_mult": 1, "grad_clip": 2.0, "ckpt_every": 25, "threads": 0},
+    "eval": {"grid": 32, "num_input_points": 4000, "cutoffs": "reference"},
+}
+
+
+def deep_update(base: dict, new: dict) -> dict:
+    """Recursive dict merge (``new`` wins); returns a new dict."""
+    out = copy.deepcopy(base)
+    for k, v in (new or {}).items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> dict:
+    """YAML config merged over :data:`DEFAULTS`; ``overrides`` are ``a.b=value`` (value parsed as YAML).
+
+    Raises:
+        ValueError: on a malformed override or an unknown task.
+    """
+    cfg = copy.deepcopy(DEFAULTS)
+    if path:
+        with open(path) as f:
+            cfg = deep_update(cfg, yaml.safe_load(f) or {})
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        key, val = item.split("=", 1)
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(val)
+    if cfg["task"] not in ("ovssc", "vool"):
+        raise ValueError(f"task must be 'ovssc' or 'vool', got {cfg['task']!r}")
+    return cfg
+
+
+class SceneSet:
+    """Deterministic scene source: scene i of a split is a pure function of (seed, split, i).
+
+    ``data.source: toy`` uses :func:`occ_audit_ros.semabs.toy.toy_scene` (test/smoke data only).
+    """
+
+    SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+
+    def __init__(self, cfg: dict, split: str) -> None:
+        self.cfg, self.split = cfg, split
+        data = cfg["data"]
+        if data["source"] != "toy":
+            raise ValueError(f"data.source {data['source']!r} is not supported yet (only 'toy'); the simulator "
+                             "adapter is pending")
+        self.size = int(data["train_scenes"] if split == "train" else data["val_scenes"])
+        self.mcfg = SemAbsConfig.from_dict(cfg["model"])
+        self._cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict:
+        if i not in self._cache:
+            rng = np.random.default_rng([self.cfg["seed"], self.SPLIT_OFFSET[self.split] + i])
+            self._cache[i] = toy_scene(rng, self.mcfg.workspace, **self.cfg["data"].get("toy", {}))
+        return self._cache[i]
+
+
+def make_batch(task: str, tcfg: dict, scenes: list[dict], rng: np.random.Generator) -> dict:
+    """One batch for the task (see :mod:`occ_audit_ros.semabs.batching`)."""
+    if task == "ovssc":
+        return ovssc_batch(scenes, rng, tcfg["num_input_points"], tcfg["labels_per_scene"], tcfg["num_queries"])
+    return vool_batch(scenes, rng, tcfg["num_input_points"], tcfg["descs_per_scene"], tcfg["num_queries"])
+
+
+def forward_loss(model: torch.nn.Module, task: str, batch: dict) -> torch.Tensor:
+    """Masked BCE-with-logits over query points (SemAbs Sec. 4). Returns a scalar tensor."""
+    if task == "ovssc":
+        logits = model(batch["xyz"], batch["relevancy"], batch["queries"])
+    else:
+        logits = model(batch["xyz"], batch["target_relevancy"], batch["reference_relevancy"], batch["relations"],
+                       batch["queries"])
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["target"], reduction="none")
+    mask = batch["mask"].float()
+    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@torch.no_grad()
+def predict_items(model: torch.nn.Module, task: str, scene: dict, num_points: int, rng) -> list[tuple]:
+    """Logits at all valid queries of a scene, one item per label (OVSSC) or description (VOOL).
+
+    Returns:
+        list of ``(name, queries (M, 3), logits (M,), target (M,) bool)``.
+    """
+    from occ_audit_ros.semabs.pointcloud import sample_points
+
+    xyz, rel = sample_points(scene["xyz"], scene["relevancy"], num_points, rng)
+    valid = scene["valid"]
+    q = torch.from_numpy(scene["queries"][valid])[None]
+    x = torch.from_numpy(xyz)[None]
+    items = []
+    if task == "ovssc":
+        logits = model(x, torch.from_numpy(rel)[None], q)[0]
+        for k, lab in enumerate(scene["labels"]):
+            items.append((lab, scene["queries"][valid], logits[k].numpy(), scene["occupancy"][k][valid]))
+    else:
+        for d, (ti, relation, ri) in enumerate(scene["descriptions"]):
+            logit = model(x, torch.from_numpy(rel[ti])[None, None], torch.from_numpy(rel[ri])[None, None],
+                          torch.tensor([[RELATIONS.index(relation)]]), q)[0, 0]
+            items.append((relation, scene["queries"][valid], logit.numpy(), scene["vool_occupancy"][d][valid]))
+    return items
+
+
+def evaluate(model: torch.nn.Module, task: str, cfg: dict, scenes, cutoff: float | None = None) -> dict:
+    """Voxel IoU at ``eval.grid``^3 (SemAbs protocol, :mod:`occ_audit_ros.semabs.metrics`).
+
+    Args:
+        cutoff: fixed logit cutoff (test splits); None sweeps the reference cutoffs and picks the best
+            (validation split).
+
+    Returns:
+        dict with ``cutoff``, ``mean_iou``, ``per_name`` (mean IoU per label/relation) and ``items``.
+    """
+    model.eval()
+    cutoffs = REFERENCE_CUTOFFS if cutoff is None else np.array([cutoff])
+    mcfg = SemAbsConfig.from_dict(cfg["model"])
+    rng = np.random.default_rng([cfg["seed"], 7])
+    names, pts, preds, gts = [], [], [], []
+    for i in range(len(scenes)):
+        for name, q, logit, tgt in predict_items(model, task, scenes[i], cfg["eval"]["num_input_points"], rng):
+            names.append(name), pts.append(q), preds.append(logit), gts.append(tgt)
+    table = iou_table(pts, preds, gts, mcfg.workspace, cutoffs, cfg["eval"]["grid"])
+    best, mean = choose_cutoff(table, cutoffs)
+    col = int(np.argmin(np.abs(cutoffs - best)))
+    per = {}
+    for n in sorted(set(names)):
+        vals = table[[j for j, m in enumerate(names) if m == n], col]
+        per[n] = float(np.nanmean(vals)) if np.any(np.isfinite(vals)) else float("nan")
+    return {"cutoff": best, "mean_iou": mean, "per_name": per, "items": len(names)}
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train(cfg: dict, progress: bool = True) -> dict:
+    """Run (or resume) training as configured; returns a summary dict (rank 0: with validation IoU).
+
+    Under ``torchrun`` (env ``WORLD_SIZE`` > 1) a gloo (CPU) or NCCL (CUDA) process group is created and
+    the model wrapped in DistributedDataParallel; each rank draws its own scenes; rank 0 writes
+    checkpoints.
+    """
+    world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    own_group = False
+    if world_env > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        own_group = True
+    rank, world = _dist_info()
+    tcfg = cfg["train"]
+    if tcfg.get("threads"):
+        torch.set_num_threads(int(tcfg["threads"]))
+    task = cfg["task"]
+    mcfg = SemAbsConfig.from_dict(cfg["model"])
+    torch.manual_seed(cfg["seed"])
+    model = build_model(task, mcfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=int(tcfg["restart_steps"]),
+                                                                 T_mult=int(tcfg["restart_mult"]))
+    out = Path(cfg["out_dir"])
+    last = out / "last.safetensors"
+    step = 0
+    if last.is_file():
+        _, _, _, state, _ = load_checkpoint(last, optimizer=opt, model=model)
+        step = int(state["step"])
+        sched.load_state_dict(state["scheduler"])
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    scenes = SceneSet(cfg, "train")
+    max_steps = int(tcfg["max_steps"])
+    bar = tqdm(total=max_steps, initial=step, desc=f"semabs {task}", disable=not progress or rank != 0,
+               dynamic_ncols=True)
+    losses = []
+    t0 = time.time()
+    model.train()
+    while step < max_steps:
+        rng = np.random.default_rng([cfg["seed"], step, rank])
+        idx = rng.choice(len(scenes), int(tcfg["batch_size"]), replace=len(scenes) < int(tcfg["batch_size"]))
+        batch = make_batch(task, tcfg, [scenes[int(i)] for i in idx], rng)
+        loss = forward_loss(ddp, task, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tcfg.get("grad_clip"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["grad_clip"]))
+        opt.step()
+        sched.step()
+        step += 1
+        losses.append(loss.detach().item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        if rank == 0 and (step % int(tcfg["ckpt_every"]) == 0 or step == max_steps):
+            save_checkpoint(last, model, task, mcfg, optimizer=opt,
+                            train_state={"step": step, "scheduler": sched.state_dict(), "world_size": world,
+                                         "seed": cfg["seed"]})
+    bar.close()
+    summary = {"task": task, "step": step, "world_size": world, "losses": losses,
+               "seconds": time.time() - t0}
+    if own_group:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see module docstring)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=str(ROOT / "config" / "semabs_cpu.yaml"))
+    ap.add_argument("--set", nargs="*", default=[], help="overrides key.sub=value (YAML values)")
+    ap.add_argument("--eval", action="store_true", help="evaluate <out_dir>/last.safetensors on the val split")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.eval:
+        model, task, mcfg, _, _ = load_checkpoint(Path(cfg["out_dir"]) / "last.safetensors")
+        res = evaluate(model, task, cfg, SceneSet(cfg, "val"))
+        print(json.dumps(res, indent=1))
+        return 0
+    summary = train(cfg)
+    if _dist_info()[0] == 0 and int(os.environ.get("RANK", "0")) == 0:
+        ls = summary["losses"]
+        print(f"RESULT task={summary['task']} step={summary['step']} world_size={summary['world_size']} "
+              f"first_loss={ls[0] if ls else float('nan'):.4f} last_loss={ls[-1] if ls else float('nan'):.4f} "
+              f"seconds={summary['seconds']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
