@@ -1,0 +1,164 @@
+"""nuScenes-format samples -> AGO training tensors (real keyframes and the driving simulator alike).
+
+Everything goes through :func:`occ_audit_ros.nuscenes_io.load_keyframe`, so any nuScenes-format
+dataroot (the real scene-0061 keyframe, or the simulator's nuScenes export with an MMDetection3D
+info pickle for its boxes) plugs in unchanged. GT is :func:`.occ_gt.keyframe_occupancy_gt`, or an
+Occ3D ``labels.npz`` when one is given per sample token (``gt_dir/<token>.npz``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..geometry import invert_transform, transform_points
+from ..voxel_grid import VoxelGridSpec
+from .classes import FREE_LABEL, IGNORE_LABEL, OCC3D_CLASSES, ClassConfig
+from .network import LiftGeometry, lift_geometry
+from .occ_gt import OccupancyGT, keyframe_occupancy_gt
+
+__all__ = ["AgoSample", "sample_from_keyframe", "load_samples", "training_vocabulary", "collate"]
+
+
+@dataclass
+class AgoSample:
+    """One training/evaluation sample.
+
+    Attributes:
+        token: sample token.
+        images: (Ncam, 3, H, W) float32 in [0, 1] (resized by ``image_scale``).
+        depth: (Ncam, H, W) float32 LiDAR depth [m along the optical axis] at the resized
+            resolution, NaN = no return.
+        geom: voxel-to-camera :class:`LiftGeometry` (grid in ``base_link`` at the LiDAR time).
+        semantics: (X, Y, Z) int64 Occ3D labels (0-16, 17 free, 255 unobserved).
+        mask_camera: (X, Y, Z) bool.
+    """
+
+    token: str
+    images: torch.Tensor
+    depth: torch.Tensor
+    geom: LiftGeometry
+    semantics: torch.Tensor
+    mask_camera: torch.Tensor
+
+
+def _resize(image: np.ndarray, scale: float) -> np.ndarray:
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+
+def sample_from_keyframe(kf, spec: VoxelGridSpec, image_scale: float = 0.1, gt: OccupancyGT | None = None,
+                         pixel_stride: int = 16) -> AgoSample:
+    """Build an :class:`AgoSample` from a loaded :class:`nuscenes_io.Keyframe`.
+
+    Args:
+        kf: keyframe (cameras, LiDAR, boxes).
+        spec: voxel grid (``base_link`` at the LiDAR timestamp).
+        image_scale: image resize factor (0.1: 160 x 90 px for nuScenes).
+        gt: precomputed GT; built from LiDAR + boxes when None.
+        pixel_stride: camera ray spacing of the GT visibility mask (when building GT).
+    """
+    T_base_map = invert_transform(kf.lidar.T_map_base)
+    cams, images, depths = [], [], []
+    pts_base = transform_points(kf.lidar.T_base_lidar, kf.lidar.points[:, :3])
+    from ..geometry import points_to_depth_image
+
+    for cam in kf.cameras.values():
+        T = T_base_map @ cam.T_map_cam
+        cams.append((cam.K, T, cam.width, cam.height))
+        img = _resize(cam.image, image_scale)
+        h, w = img.shape[:2]
+        images.append(torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0)
+        K = cam.K.copy()
+        K[0] *= w / cam.width
+        K[1] *= h / cam.height
+        pc = transform_points(invert_transform(T), pts_base)
+        depths.append(torch.from_numpy(points_to_depth_image(pc, K, w, h, min_depth=1.0)))
+    if gt is None:
+        gt = keyframe_occupancy_gt(kf, spec, pixel_stride)
+    if gt.semantics.shape != spec.dims:
+        raise ValueError(f"GT grid {gt.semantics.shape} != spec dims {spec.dims}")
+    return AgoSample(kf.sample_token, torch.stack(images), torch.stack(depths), lift_geometry(spec, cams),
+                     torch.from_numpy(gt.semantics.astype(np.int64)), torch.from_numpy(gt.mask_camera.astype(bool)))
+
+
+def load_samples(dataroot=None, annotations_pkl=None, tokens=None, spec: VoxelGridSpec | None = None,
+                 image_scale: float = 0.1, gt_dir=None, pixel_stride: int = 16) -> list[AgoSample]:
+    """Samples of a nuScenes-format dataroot.
+
+    Args:
+        dataroot, annotations_pkl: as :func:`nuscenes_io.load_keyframe` (defaults: the embedded keyframe).
+        tokens: sample tokens (None: the first sample of the table).
+        spec: grid (default Occ3D's).
+        image_scale: image resize factor.
+        gt_dir: optional directory of ``<token>.npz`` GT files (Occ3D layout); built when missing.
+
+    Raises:
+        FileNotFoundError / ValueError: from the loader, or a GT file of another grid.
+    """
+    from ..nuscenes_io import load_keyframe
+    from .occ_gt import OCC3D_SPEC
+
+    spec = spec or OCC3D_SPEC
+    out = []
+    for tok in (tokens or [None]):
+        kf = load_keyframe(dataroot, annotations_pkl, tok)
+        gt = None
+        if gt_dir is not None and (Path(gt_dir) / f"{kf.sample_token}.npz").is_file():
+            with np.load(Path(gt_dir) / f"{kf.sample_token}.npz") as z:
+                gt = OccupancyGT(spec, z["semantics"], z.get("mask_lidar", z["mask_camera"]), z["mask_camera"])
+        elif gt_dir is not None:
+            gt = keyframe_occupancy_gt(kf, spec, pixel_stride)
+            gt.save(Path(gt_dir) / f"{kf.sample_token}.npz")
+        out.append(sample_from_keyframe(kf, spec, image_scale, gt, pixel_stride))
+    return out
+
+
+def training_vocabulary(cfg: ClassConfig, mode: str) -> tuple[dict, np.ndarray]:
+    """Training vocabulary and the Occ3D-label -> training-target map.
+
+    Args:
+        cfg: class config.
+        mode: ``"closed"`` — the 17 Occ3D classes (target = Occ3D label, free 17);
+            ``"open_world_pretrain"`` — AGO's pre-training space (ago.md §7): the 3 known classes
+            + 2 supercategories (5 categories, free = 5); fully unknown classes are **ignored**
+            (no pseudo-labels exist for them; our choice).
+
+    Returns:
+        ``(vocabulary, label_map)``: name -> phrases, and (256,) int64 map with 255 = ignore.
+
+    Raises:
+        ValueError: unknown mode.
+    """
+    lm = np.full(256, IGNORE_LABEL, np.int64)
+    if mode == "closed":
+        vocab = {n: cfg.phrases[n] for n in cfg.classes}
+        lm[: FREE_LABEL + 1] = np.arange(FREE_LABEL + 1)
+    elif mode == "open_world_pretrain":
+        vocab = {cfg.classes[i]: cfg.phrases[cfg.classes[i]] for i in cfg.ow_known}
+        for i in cfg.ow_known:
+            lm[i] = list(vocab).index(cfg.classes[i])
+        for name, members in cfg.ow_super.items():
+            vocab[name] = [name.replace("_", " ")]
+            for i in members:
+                lm[i] = len(vocab) - 1
+        lm[FREE_LABEL] = len(vocab)
+    else:
+        raise ValueError(f"vocabulary mode must be 'closed' or 'open_world_pretrain', got {mode!r}")
+    return vocab, lm
+
+
+def collate(samples: list[AgoSample], label_map: np.ndarray | None = None) -> dict:
+    """Stack samples into a batch dict (``images``, ``depth``, ``geoms``, ``semantics``, ``target``,
+    ``mask_camera``, ``tokens``); ``target`` = ``label_map[semantics]`` (identity when None)."""
+    sem = torch.stack([s.semantics for s in samples])
+    lm = torch.from_numpy(label_map) if label_map is not None else torch.arange(256)
+    return {"images": torch.stack([s.images for s in samples]), "depth": torch.stack([s.depth for s in samples]),
+            "geoms": [s.geom for s in samples], "semantics": sem, "target": lm[sem],
+            "mask_camera": torch.stack([s.mask_camera for s in samples]), "tokens": [s.token for s in samples]}
