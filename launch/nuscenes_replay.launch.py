@@ -1,6 +1,9 @@
 """Replay a nuScenes bag (from nuscenes_to_bag) through the perception node, with RViz.
 
     ros2 launch occ_audit_ros nuscenes_replay.launch.py bag:=output/demo/input_bag [rate:=1.0] [rviz:=true]
+
+Without launch_ros (the venv), the same composition runs in one process with
+``python -m occ_audit_ros.nodes.launcher launch/nuscenes_replay.launch.py bag:=... rviz:=false``.
 """
 
 import os
@@ -12,6 +15,7 @@ from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 
 def generate_launch_description():
@@ -27,8 +31,15 @@ def generate_launch_description():
             launch_arguments={"clip_model": LaunchConfiguration("clip_model"), "use_sim_time": "true"}.items(),
         ),
         Node(package="occ_audit_ros", executable="bag_player", name="bag_player", output="screen",
-             parameters=[{"bag": LaunchConfiguration("bag"), "rate": LaunchConfiguration("rate"),
-                          "loop": LaunchConfiguration("loop")}]),
+             parameters=[{"bag": ParameterValue(LaunchConfiguration("bag"), value_type=str),
+                          # typed: rate:=0 must stay a double, not become an integer
+                          "rate": ParameterValue(LaunchConfiguration("rate"), value_type=float),
+                          "loop": ParameterValue(LaunchConfiguration("loop"), value_type=int),
+                          # start once the perception node listens (camera topics are volatile)
+                          "wait_for_subscribers": ["/cam_front_left/image_raw", "/cam_front/image_raw",
+                                                   "/cam_front_right/image_raw", "/cam_back_right/image_raw",
+                                                   "/cam_back/image_raw", "/cam_back_left/image_raw"],
+                          "wait_for_subscribers_timeout": 60.0}]),
         Node(package="rviz2", executable="rviz2", name="rviz2",
              arguments=["-d", os.path.join(share, "config", "occ_audit.rviz")],
              parameters=[{"use_sim_time": True}], condition=IfCondition(LaunchConfiguration("rviz"))),

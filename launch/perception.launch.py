@@ -1,6 +1,9 @@
 """Launch the perception node with its YAML parameters (needs a ROS 2 install with launch_ros).
 
     ros2 launch occ_audit_ros perception.launch.py [params_file:=...] [clip_model:=...] [use_sim_time:=true]
+
+Without launch_ros (the venv): ``python -m occ_audit_ros.nodes.launcher launch/perception.launch.py ...``
+runs the same node with the same parameter file in-process (see docs/ros_node.md).
 """
 
 import os
@@ -10,6 +13,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 
 def generate_launch_description():
@@ -26,7 +30,7 @@ def generate_launch_description():
             name="perception_node",
             output="screen",
             parameters=[LaunchConfiguration("params_file"),
-                        {"clip_model": LaunchConfiguration("clip_model"),
-                         "use_sim_time": LaunchConfiguration("use_sim_time")}],
+                        {"clip_model": ParameterValue(LaunchConfiguration("clip_model"), value_type=str),
+                         "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)}],
         ),
     ])
