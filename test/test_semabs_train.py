@@ -1,0 +1,59 @@
+"""SemAbs training script: resume equals an uninterrupted run, torchrun DDP on 2 gloo processes, CLI errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.train_semabs import load_config, train  # noqa: E402
+
+TINY = ["model.grid=16", "model.unet_levels=2", "model.unet_f_maps=8", "model.point_hidden=16",
+        "data.train_scenes=4", "data.toy={num_queries: 600, points_per_face: 60}", "train.batch_size=1",
+        "train.num_input_points=300", "train.num_queries=100", "train.ckpt_every=2", "train.restart_steps=3"]
+
+
+def _weights(path):
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
+
+
+@pytest.mark.parametrize("task", ["ovssc", "vool"])
+def test_resume_matches_uninterrupted_run(tmp_path, task):
+    base = TINY + [f"task={task}"]
+    full = load_config(str(ROOT / "config/semabs_cpu.yaml"), base + [f"out_dir={tmp_path / 'a'}", "train.max_steps=4"])
+    s_full = train(full, progress=False)
+    part = load_config(str(ROOT / "config/semabs_cpu.yaml"), base + [f"out_dir={tmp_path / 'b'}", "train.max_steps=2"])
+    train(part, progress=False)
+    part["train"]["max_steps"] = 4  # "killed" after step 2's checkpoint, then rerun with the same command
+    s_res = train(part, progress=False)
+    assert s_res["step"] == 4 and len(s_res["losses"]) == 2
+    assert s_res["losses"] == pytest.approx(s_full["losses"][2:], rel=1e-5)
+    wa, wb = _weights(tmp_path / "a/last.safetensors"), _weights(tmp_path / "b/last.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_torchrun_two_gloo_processes(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "training/train_semabs.py"), "--config", str(ROOT / "config/semabs_cpu.yaml"),
+           "--set", *TINY, f"out_dir={tmp_path}", "train.max_steps=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RESULT task=ovssc step=2 world_size=2" in proc.stdout
+    with safe_open(str(tmp_path / "last.safetensors"), framework="pt") as f:
+        assert '"world_size": 2' in f.metadata()["train_state"]
+
+
+def test_cli_rejects_bad_config(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "training/train_semabs.py"), "--set", "task=segment"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "task must be" in proc.stderr
+    with pytest.raises(ValueError):
+        load_config(None, ["no_equals_sign"])
