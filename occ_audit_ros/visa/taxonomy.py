@@ -7,6 +7,8 @@ a design choice (DC), not from the paper. Class indices follow nuScenes-lidarseg
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 #: Occ3D-nuScenes labels in nuScenes-lidarseg order (index = class id; 17 = free).
@@ -117,27 +119,31 @@ def parent_of(cls: str) -> str:
     raise ValueError(f"{cls!r} is not in K_obj {K_OBJ}")
 
 
+@lru_cache(maxsize=1)
 def attribute_matrix() -> np.ndarray:
     """M ∈ {0,1}^{|K_obj| × A} (visa.md §7), rows in K_OBJ order, columns in ATTRIBUTES order.
 
     Returns:
-        (10, 10) float32 0/1 matrix.
+        (10, 10) float32 0/1 matrix (cached, read-only).
     """
     M = np.zeros((len(K_OBJ), len(ATTRIBUTES)), dtype=np.float32)
     for i, cls in enumerate(K_OBJ):
         for a in CLASS_ATTRIBUTES[cls]:
             M[i, ATTRIBUTES.index(a)] = 1.0
+    M.flags.writeable = False  # cached: shared by all callers
     return M
 
 
+@lru_cache(maxsize=1)
 def parent_matrix() -> np.ndarray:
     """G ∈ {0,1}^{|K_obj| × n_parents}: G[k, g] = 1 when class k belongs to parent g.
 
     Returns:
-        (10, 4) float32, columns in ``PARENTS`` order.
+        (10, 4) float32, columns in ``PARENTS`` order (cached, read-only).
     """
     G = np.zeros((len(K_OBJ), len(PARENTS)), dtype=np.float32)
     for g, members in enumerate(PARENTS.values()):
         for cls in members:
             G[K_OBJ.index(cls), g] = 1.0
+    G.flags.writeable = False  # cached: shared by all callers
     return G
