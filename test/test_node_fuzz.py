@@ -16,7 +16,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from occ_audit_ros.nodes.conversions import msg_to_semantic_voxels, stamp_to_ns
-from occ_audit_ros.nodes.node_checks import InputDriver, malformed_messages, synthetic_frame, tf_message_type, wait_until
+from occ_audit_ros.nodes.node_checks import InputDriver, run_fuzz, synthetic_frame, tf_message_type, wait_until
 from node_fixtures import RosContext, small_node
 
 FUZZ_N = int(os.environ.get("OCC_AUDIT_FUZZ_N", "400"))
@@ -65,17 +65,8 @@ def test_fuzz_node_survives_and_rate_limits(ros, capfd):
     capfd.readouterr()
 
     t0 = time.monotonic()
-    sent_before = driver.sent
-    kinds = {}
-    for i, (kind, msgs) in zip(range(FUZZ_N), malformed_messages(good, seed=1)):
-        arrived = sum(node.stream_counts.values())
-        driver.send(msgs)
-        kinds[kind] = kinds.get(kind, 0) + 1
-        # Pace so that the worker meets (almost) every malformed set instead of the drop policy.
-        n_cam = len([k for k in msgs if k != "tf"])
-        wait_until(lambda: sum(node.stream_counts.values()) >= arrived + n_cam, 0.5, 0.001)
-        wait_until(lambda: node._pending is None, 1.0, 0.001)
-    n_msgs = driver.sent - sent_before
+    stats = run_fuzz(node, driver, good, FUZZ_N, seed=1)
+    n_msgs, kinds = stats["messages"], stats["kinds"]
     # Empty / blank / duplicate label lists and unknown presets are refused, the old labels stay.
     for bad in ([], [""], ["car", "car"], ["  "]):
         res = node.set_parameters([Parameter("labels", Parameter.Type.STRING_ARRAY, bad)])[0]

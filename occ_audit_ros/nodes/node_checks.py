@@ -206,3 +206,26 @@ def wait_until(pred, timeout_s: float = 30.0, period_s: float = 0.02) -> bool:
             return True
         time.sleep(period_s)
     return bool(pred())
+
+
+def run_fuzz(node, driver: InputDriver, good: Frame, n_items: int, seed: int = 1) -> dict:
+    """Send ``n_items`` items of :func:`malformed_messages` to ``node`` through ``driver``.
+
+    Paced so that the worker meets (almost) every malformed set instead of the queue-of-one drop
+    policy: after each item, wait (<= 0.5 s) for its camera messages to arrive and for the worker to
+    take the set.
+
+    Returns:
+        ``{"items", "messages", "seconds", "kinds": {malformation: count}}``.
+    """
+    t0 = time.monotonic()
+    sent_before = driver.sent
+    kinds: dict[str, int] = {}
+    for _, (kind, msgs) in zip(range(n_items), malformed_messages(good, seed=seed)):
+        arrived = sum(node.stream_counts.values())
+        driver.send(msgs)
+        kinds[kind] = kinds.get(kind, 0) + 1
+        n_cam = len([k for k in msgs if k != "tf"])
+        wait_until(lambda: sum(node.stream_counts.values()) >= arrived + n_cam, 0.5, 0.001)
+        wait_until(lambda: node._pending is None, 1.0, 0.001)
+    return {"items": n_items, "messages": driver.sent - sent_before, "seconds": time.monotonic() - t0, "kinds": kinds}

@@ -405,21 +405,24 @@ class PerceptionNode(Node):
                       "end_to_end": t_end - t_ready,
                       **{k: result.timings_s[k] for k in ("relevancy", "backproject", "fuse")}}
             result.timings_s.update({k: stages[k] for k in ("queue", "convert", "publish", "end_to_end")})
-            for k, v in stages.items():
-                self.latency[k].append(v)
+            with self._cv:
+                for k, v in stages.items():
+                    self.latency[k].append(v)
+                self.counters["processed"] += 1
+                self.last_result = result
+                self._cv.notify_all()
 
     def publish(self, result: PipelineResult) -> None:
-        """Publish the grid, and markers / points when enabled; log one summary line."""
+        """Publish the grid, and markers / points when enabled; log one summary line.
+
+        The worker then counts the frame as processed and stores it in ``last_result`` with its
+        per-stage timings (``wait_for_frames`` returns only after that)."""
         voxels = result.voxels
         self.grid_pub.publish(semantic_voxels_to_msg(voxels))
         if self.publish_markers:
             self.marker_pub.publish(semantic_voxels_to_markers(voxels))
         if self.publish_points:
             self.points_pub.publish(semantic_voxels_to_pointcloud2(voxels))
-        with self._cv:
-            self.counters["processed"] += 1
-            self.last_result = result
-            self._cv.notify_all()
         t = result.timings_s
         self.get_logger().info(
             f"{'[RANDOM WEIGHTS] ' if voxels.random_weights else ''}frame {voxels.stamp_ns / 1e9:.3f}: "
@@ -440,8 +443,9 @@ class PerceptionNode(Node):
         values = {k: str(v) for k, v in counters.items()}
         values.update({f"{k}_hz": f"{delta[k] / dt:.3f}" for k in ("received_sets", "processed", "dropped", "skipped")})
         values["input_msgs_hz"] = f"{(msgs - prev_msgs) / dt:.3f}"
-        for k, d in self.latency.items():
-            lat = list(d)
+        with self._cv:
+            latency = {k: list(d) for k, d in self.latency.items()}
+        for k, lat in latency.items():
             values[f"latency_{k}_mean_s"] = f"{np.mean(lat):.4f}" if lat else "nan"
             values[f"latency_{k}_max_s"] = f"{np.max(lat):.4f}" if lat else "nan"
         values["warnings_logged"] = str(sum(c[0] for c in self.warn_counts.values()))

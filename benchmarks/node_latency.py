@@ -1,0 +1,225 @@
+"""End-to-end latency, soak and fuzz of the perception node over real rclpy.
+
+1. Latency + soak: the real nuScenes keyframe (6 cameras: image, camera_info, depth; /tf,
+   /tf_static) is published ``--keyframes`` times with stamps shifted by 1 s per pass into a
+   ``PerceptionNode`` built from ``config/perception.yaml`` (``--labels`` labels, relevancy preset
+   ``fast`` when occ_audit_ros.relevancy offers it, else the single-scale parameters). Each pass
+   waits for the node's output, so the figures are per keyframe without queueing. Per-stage seconds
+   (queue, convert + TF, relevancy, back-projection, fusion, publish, end to end) are the node's
+   own (also on /diagnostics); RSS is sampled after ``--warmup`` keyframes and at the end.
+2. Fuzz: ``--fuzz`` malformed items (about 2.9 messages each) into a one-camera node with the tiny
+   model, then a valid frame must be answered (occ_audit_ros.nodes.node_checks).
+
+CLIP weights are the ViT-B/32 layout with random values by default: the cost is that of the real model.
+
+    .venv/bin/python benchmarks/node_latency.py [--clip-model random] [--keyframes 45] [--fuzz 1000]
+
+Last line: ``RESULT keyframe_s_cpu=<mean end-to-end s> rss_growth_pct=<%> ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+
+def _restamp(msg, shift_ns: int):
+    from occ_audit_ros.nodes.conversions import ns_to_stamp, stamp_to_ns
+
+    out = copy.copy(msg)
+    if hasattr(out, "transforms"):
+        out.transforms = [copy.copy(t) for t in msg.transforms]
+        for t in out.transforms:
+            t.header = copy.copy(t.header)
+            t.header.stamp = ns_to_stamp(stamp_to_ns(t.header.stamp) + shift_ns)
+    else:
+        out.header = copy.copy(msg.header)
+        out.header.stamp = ns_to_stamp(stamp_to_ns(msg.header.stamp) + shift_ns)
+    return out
+
+
+def latency_and_soak(args) -> dict:
+    """Part 1 (see module docstring); returns the figures."""
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.serialization import deserialize_message
+    from rosbags.rosbag2 import Reader
+
+    from occ_audit_ros import conventions, paths
+    from occ_audit_ros.nodes.bag_player import resolve_message_type
+    from occ_audit_ros.nodes.node_checks import rss_bytes
+    from occ_audit_ros.nodes.perception_node import STAGES, PerceptionNode, sensor_qos
+    from occ_audit_ros.nuscenes_io import load_keyframe
+    from occ_audit_ros.params import DRIVING_LABELS, relevancy_presets
+    from occ_audit_ros.tools.nuscenes_to_bag import write_keyframe_bag
+
+    keyframe = load_keyframe(paths.nuscenes_keyframe_dir(), paths.nuscenes_annotations_pkl())
+    tmp = Path(tempfile.mkdtemp(prefix="node_latency_"))
+    bag = write_keyframe_bag(keyframe, tmp / "bag")
+    topics_wanted = {conventions.TF_TOPIC, conventions.TF_STATIC_TOPIC} | {
+        f(c) for c in conventions.CAMERA_CHANNELS
+        for f in (conventions.image_topic, conventions.camera_info_topic, conventions.depth_topic)}
+    msgs: list[tuple[str, object]] = []
+    with Reader(bag) as reader:
+        for conn, _, raw in reader.messages():
+            if conn.topic in topics_wanted:
+                msgs.append((conn.topic, deserialize_message(bytes(raw), resolve_message_type(conn.msgtype))))
+    static = [m for t, m in msgs if t == conventions.TF_STATIC_TOPIC]
+    dynamic = [(t, m) for t, m in msgs if t != conventions.TF_STATIC_TOPIC]
+    order = {"tf": 0, "camera_info": 1, "depth": 2, "image_raw": 3}
+    dynamic.sort(key=lambda tm: order[tm[0].rsplit("/", 1)[-1]])
+
+    preset = args.preset
+    if preset == "auto":
+        preset = "fast" if "fast" in relevancy_presets() else ""
+    labels = DRIVING_LABELS[: args.labels]
+    rclpy.init()
+    node = PerceptionNode(cli_args=["--ros-args", "--params-file", str(paths.resource("config/perception.yaml"))],
+                          parameter_overrides=[Parameter("clip_model", value=args.clip_model),
+                                               Parameter("device", value=args.device),
+                                               Parameter("labels", value=labels),
+                                               Parameter("relevancy.preset", value=preset)])
+    drv = Node("latency_driver")
+    pubs = {}
+    for t, m in dynamic:
+        if t not in pubs:
+            qos = QoSProfile(depth=100) if t == conventions.TF_TOPIC else sensor_qos()
+            pubs[t] = drv.create_publisher(type(m), t, qos)
+    static_pub = drv.create_publisher(type(static[0]), conventions.TF_STATIC_TOPIC, QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    executor.add_node(drv)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while any(p.get_subscription_count() == 0 for p in pubs.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    static_pub.publish(static[0])
+    sent, stage_runs, rss_warm, t_wall = 1, [], None, time.perf_counter()
+    try:
+        for k in range(args.keyframes):
+            shift = k * 1_000_000_000
+            for t, m in dynamic:
+                pubs[t].publish(_restamp(m, shift))
+                sent += 1
+            if not node.wait_for_frames(k + 1, 300.0):
+                raise RuntimeError(f"keyframe {k}: no output within 300 s; counters {node.counters}")
+            if k >= args.warmup:
+                stage_runs.append(dict(node.last_result.timings_s))
+            if k == args.warmup - 1 or (args.warmup == 0 and k == 0):
+                gc.collect()
+                rss_warm = rss_bytes()
+            print(f"  keyframe {k + 1}/{args.keyframes}: end to end {node.last_result.timings_s['end_to_end']:.3f} s, "
+                  f"{sent} messages sent", flush=True)
+        gc.collect()
+        rss_end = rss_bytes()
+        diag = {kv.key: kv.value for kv in node.diagnostics().status[0].values}
+        counters = dict(node.counters)
+        clip = node.pipeline.clip
+        rel = node.pipeline.config.relevancy
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        drv.destroy_node()
+        rclpy.try_shutdown()
+    wall = time.perf_counter() - t_wall
+    stats = {s: (statistics.mean(r[s] for r in stage_runs),
+                 statistics.stdev(r[s] for r in stage_runs) if len(stage_runs) > 1 else 0.0)
+             for s in ("convert", "relevancy", "backproject", "fuse", "publish", "queue", "end_to_end")}
+    print(f"CLIP {clip.name} on {clip.device} (random weights: {clip.random_weights}); torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {len(node.cameras)} cameras, {len(labels)} labels, "
+          f"relevancy preset {preset or '(parameters)'}: tiles {rel.tile_fractions}, stride {rel.stride_fraction}, "
+          f"flip {rel.flip}, output stride {rel.output_stride}")
+    print(f"{args.keyframes} keyframes, {sent} messages in {wall:.1f} s; per keyframe after {args.warmup} warm-up:")
+    for s, (m, sd) in stats.items():
+        print(f"  {s:<12} {m:8.3f} s  ± {sd:.3f}")
+    growth = 100.0 * (rss_end - rss_warm) / rss_warm
+    print(f"RSS after warm-up {rss_warm / 2**20:.0f} MiB, at the end {rss_end / 2**20:.0f} MiB: {growth:+.2f} % "
+          f"(goal within ±5 %)")
+    print(f"counters {counters}; diagnostics end_to_end mean {diag['latency_end_to_end_mean_s']} s "
+          f"max {diag['latency_end_to_end_max_s']} s")
+    return {"keyframe_s": stats["end_to_end"][0], "rss_growth_pct": growth, "messages": sent,
+            "device": clip.device.type, "rss_mib": rss_end / 2**20}
+
+
+def fuzz(args) -> dict:
+    """Part 2 (see module docstring); returns the figures."""
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from occ_audit_ros.nodes.node_checks import InputDriver, run_fuzz, synthetic_frame, wait_until
+    from occ_audit_ros.nodes.perception_node import PerceptionNode
+
+    rclpy.init()
+    node = PerceptionNode(parameter_overrides=[Parameter(k, value=v) for k, v in {
+        "clip_model": "random-tiny", "cameras": ["CAM_FRONT"], "labels": ["car", "road", "tree"],
+        "relevancy.output_stride": 4, "warn_period_s": 1.0}.items()])
+    driver = InputDriver()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    executor.add_node(driver)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        good = synthetic_frame()
+        driver.send({"tf_static": good.tf_static})
+        driver.wait_for_subscribers()
+        stats = run_fuzz(node, driver, good, args.fuzz, seed=2)
+        before = node.counters["processed"]
+        answered = False
+        for i in range(30):
+            driver.send_frame(good.restamped(4_000_000_000_000 + i))
+            if wait_until(lambda: node.counters["processed"] > before, 2.0):
+                answered = node.last_result.voxels.stamp_ns == 4_000_000_000_000 + i
+                break
+        logged = sum(c[0] for c in node.warn_counts.values())
+        suppressed = sum(c[1] for c in node.warn_counts.values())
+        print(f"fuzz: {stats['items']} malformed items, {stats['messages']} messages in {stats['seconds']:.1f} s; "
+              f"kinds {stats['kinds']}")
+        print(f"  counters {node.counters}; warnings logged {logged} (per kind {dict((k, c[0]) for k, c in node.warn_counts.items())}), "
+              f"suppressed {suppressed} (warn_period_s 1.0); valid frame answered afterwards: {answered}")
+        return {"fuzz_msgs": stats["messages"], "fuzz_answered": answered, "warnings_logged": logged,
+                "warnings_suppressed": suppressed}
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        driver.destroy_node()
+        rclpy.try_shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clip-model", default="random")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--labels", type=int, default=10)
+    p.add_argument("--preset", default="auto", help="relevancy preset; auto = 'fast' when available, else ''")
+    p.add_argument("--keyframes", type=int, default=45, help="passes over the keyframe (>= 1,000 messages at 45)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--fuzz", type=int, default=1000, help="malformed items (0 = skip the fuzz part)")
+    args = p.parse_args(argv)
+    print(f"1-min load {os.getloadavg()[0]:.2f} at start, {os.cpu_count()} CPUs", flush=True)
+    lat = latency_and_soak(args)
+    fz = fuzz(args) if args.fuzz else {}
+    print(f"1-min load {os.getloadavg()[0]:.2f} at the end")
+    extra = (f" fuzz_msgs={fz['fuzz_msgs']} fuzz_answered={int(fz['fuzz_answered'])} "
+             f"fuzz_warnings_logged={fz['warnings_logged']}") if fz else ""
+    print(f"RESULT keyframe_s_{lat['device']}={lat['keyframe_s']:.3f} rss_growth_pct={lat['rss_growth_pct']:.2f} "
+          f"soak_msgs={lat['messages']}{extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
