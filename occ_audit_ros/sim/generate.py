@@ -24,7 +24,6 @@ process finds all sequences done.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import paths
-from .shards import atomic_write_bytes, load_config, scene_rng, write_npz
+from .shards import check_dataset_record, load_config, scene_rng, write_npz
 
 __all__ = ["main", "generate_indoor", "parse_shard"]
 
@@ -53,19 +52,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"--shard {text}: need 0 <= i < n")
     return i, n
-
-
-def _check_dataset(out: Path, record: dict) -> None:
-    """Write ``dataset.json`` or check that an existing one matches ``record``."""
-    path = out / "dataset.json"
-    text = json.dumps(record, sort_keys=True, indent=1)
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != json.loads(text):
-            raise ValueError(
-                f"{path} was written with another config/seed/scene count; use a new --out folder")
-        return
-    atomic_write_bytes(path, text.encode())
 
 
 def generate_indoor(cfg: dict, out, scenes: int, seed: int, shard=(0, 1),
@@ -88,7 +74,7 @@ def generate_indoor(cfg: dict, out, scenes: int, seed: int, shard=(0, 1),
     if per < 1:
         raise ValueError("scenes_per_shard must be >= 1")
     num_shards = -(-scenes // per)
-    _check_dataset(out, {"kind": "indoor", "seed": seed, "scenes": scenes, "config": cfg})
+    check_dataset_record(out, {"kind": "indoor", "seed": seed, "scenes": scenes, "config": cfg})
     mine = [s for s in range(num_shards) if s % shard[1] == shard[0]]
     stats = {"written": 0, "skipped": 0, "bytes": 0, "seconds": 0.0}
     start = time.perf_counter()
@@ -152,7 +138,8 @@ def main(argv=None) -> int:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
     done = stats["written"]
-    print(f"{args.kind}: wrote {done} shard(s), skipped {stats['skipped']} complete, "
+    unit = "shard(s)" if args.kind == "indoor" else "sequence(s)"
+    print(f"{args.kind}: wrote {done} {unit}, skipped {stats['skipped']} complete, "
           f"{stats['bytes'] / 1e6:.2f} MB, {stats['seconds']:.1f} s -> {args.out}")
     return 0
 

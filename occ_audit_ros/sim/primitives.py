@@ -88,6 +88,57 @@ class Primitive:
         v, _ = self.triangles()
         return v.min(0).astype(np.float64), v.max(0).astype(np.float64)
 
+    def surface_points(self, spacing: float, bounds=None) -> np.ndarray:
+        """Deterministic samples of the mesh surface: a barycentric lattice on every triangle with
+        neighbours at most about ``spacing`` metres apart (vertices and edges included).
+
+        Args:
+            spacing: lattice step, metres.
+            bounds: optional ``(lo (3,), hi (3,))`` world box; large triangles are first split
+                into pieces of about 16 ``spacing`` and only pieces overlapping it are sampled.
+
+        Returns:
+            (N, 3) float64 world points.
+        """
+        v, f = self.triangles()
+        tri = v.astype(np.float64)[f.astype(np.int64)]  # (F, 3, 3)
+        tri = _split_triangles(tri, 16.0 * spacing)
+        if bounds is not None:
+            lo, hi = (np.asarray(b, dtype=np.float64) for b in bounds)
+            keep = np.all((tri.min(1) <= hi) & (tri.max(1) >= lo), axis=1)
+            tri = tri[keep]
+        out = []
+        steps = np.maximum(1, np.ceil(
+            np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).max(1) / spacing)).astype(np.int64)
+        for m in np.unique(steps):
+            i, j = np.meshgrid(np.arange(m + 1), np.arange(m + 1), indexing="ij")
+            keep = (i + j) <= m
+            a, b = i[keep] / m, j[keep] / m
+            w = np.stack([1 - a - b, a, b], axis=1)  # (P, 3) barycentric weights
+            out.append(np.einsum("pk,fkd->fpd", w, tri[steps == m]).reshape(-1, 3))
+        return np.concatenate(out) if out else np.zeros((0, 3))
+
+
+def _split_triangles(tri: np.ndarray, max_edge: float) -> np.ndarray:
+    """Split (F, 3, 3) triangles uniformly (k^2 pieces each) until edges are <= ``max_edge``."""
+    edges = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).max(1)
+    ks = np.maximum(1, np.ceil(edges / max_edge)).astype(np.int64)
+    out = [tri[ks == 1]]
+    for k in np.unique(ks[ks > 1]):
+        t = tri[ks == k]
+        i, j = np.meshgrid(np.arange(k + 1), np.arange(k + 1), indexing="ij")
+        pts = lambda ii, jj: (t[:, 0, None] * (1 - (ii + jj)[None, :, None] / k)  # noqa: E731
+                              + t[:, 1, None] * (ii[None, :, None] / k)
+                              + t[:, 2, None] * (jj[None, :, None] / k))
+        up = (i + j) <= k - 1
+        iu, ju = i[up], j[up]
+        out.append(np.stack([pts(iu, ju), pts(iu + 1, ju), pts(iu, ju + 1)], axis=2).reshape(-1, 3, 3))
+        dn = (i + j) <= k - 2
+        idn, jdn = i[dn], j[dn]
+        out.append(np.stack([pts(idn + 1, jdn), pts(idn, jdn + 1), pts(idn + 1, jdn + 1)],
+                            axis=2).reshape(-1, 3, 3))
+    return np.concatenate(out)
+
 
 @dataclass
 class SceneObject:

@@ -18,7 +18,8 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-__all__ = ["write_npz", "read_shard", "atomic_write_bytes", "load_config", "scene_rng"]
+__all__ = ["write_npz", "read_shard", "atomic_write_bytes", "load_config", "scene_rng",
+           "check_dataset_record", "token"]
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -124,3 +125,26 @@ def scene_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
     Scenes are therefore identical however the dataset is split into shards or processes.
     """
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index), int(stream)]))
+
+
+def check_dataset_record(out, record: dict) -> None:
+    """Write ``out/dataset.json`` (the generation settings) or check an existing one matches.
+
+    Raises:
+        ValueError: the folder holds a dataset generated with other settings.
+    """
+    path = Path(out) / "dataset.json"
+    text = json.dumps(record, sort_keys=True, indent=1)
+    if path.is_file():
+        if json.loads(path.read_text()) != json.loads(text):
+            raise ValueError(
+                f"{path} was written with another config/seed/scene count; use a new --out folder")
+        return
+    atomic_write_bytes(path, text.encode())
+
+
+def token(*parts) -> str:
+    """Deterministic 32-hex-digit nuScenes-style token of its parts (md5 of their text)."""
+    import hashlib
+
+    return hashlib.md5("/".join(str(p) for p in parts).encode()).hexdigest()
