@@ -139,3 +139,33 @@ def test_qos_override_and_incompatible_qos_events(ros, capfd):
     for topic in ("/cam_front/image_raw", "/tf_static", "semantic_voxels"):
         assert f"incompatible QoS on {topic}" in err, err[-3000:]
     assert "RELIABILITY" in err and "DURABILITY" in err
+
+
+def test_runtime_relevancy_preset_is_validated_and_applied(ros):
+    from occ_audit_ros.params import relevancy_presets
+
+    node = ros.add(small_node())
+    sink = ros.add(Sink())
+    driver = ros.add(InputDriver())
+    good = synthetic_frame()
+    driver.send({"tf_static": good.tf_static})
+    assert driver.wait_for_subscribers()
+    _valid_until_answered(node, driver, sink, good, 1_000_000_000)
+    before = node.pipeline.extractor
+    assert not node.set_parameters([Parameter("relevancy.preset", value="no_such_preset")])[0].successful
+    presets = relevancy_presets()
+    if not presets:  # occ_audit_ros.relevancy offers no presets yet: any name is refused
+        assert not node.set_parameters([Parameter("relevancy.preset", value="fast")])[0].successful
+        return
+    name = "fast" if "fast" in presets else presets[0]
+    assert node.set_parameters([Parameter("relevancy.preset", value=name)])[0].successful
+    _valid_until_answered(node, driver, sink, good, 2_000_000_000)
+    from occ_audit_ros import relevancy
+
+    expected = relevancy.PRESETS[name]
+    assert node.pipeline.extractor is not before
+    assert tuple(node.pipeline.config.relevancy.tile_fractions) == tuple(expected.tile_fractions)
+    # back to the relevancy.* parameters
+    assert node.set_parameters([Parameter("relevancy.preset", value="")])[0].successful
+    _valid_until_answered(node, driver, sink, good, 3_000_000_000)
+    assert tuple(node.pipeline.config.relevancy.tile_fractions) == (1.0,)
