@@ -95,7 +95,10 @@ def choose_cutoff(table: np.ndarray, cutoffs: Sequence[float]) -> tuple[float, f
     Raises:
         ValueError: when the table has no defined IoU.
     """
-    with np.errstate(all="ignore"):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
         means = np.nanmean(table, axis=0) if len(table) else np.full(len(cutoffs), np.nan)
     if not np.any(np.isfinite(means)):
         raise ValueError("no defined IoU to choose a cutoff from")

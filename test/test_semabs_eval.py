@@ -1,0 +1,112 @@
+"""SemAbs evaluation (voxel IoU, cutoff choice), baselines, and the inference path on the real ARKit frame."""
+
+import numpy as np
+import pytest
+import torch
+
+from occ_audit_ros.semabs.baselines import relation_direction, relevancy_cloud_scores, shifted_reference_scores
+from occ_audit_ros.semabs.metrics import REFERENCE_CUTOFFS, choose_cutoff, iou_table, voxel_iou, voxel_max
+from occ_audit_ros.semabs.pointcloud import Workspace, relevancy_point_cloud
+
+WS = Workspace((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+def test_reference_cutoffs():
+    assert len(REFERENCE_CUTOFFS) == 25 and REFERENCE_CUTOFFS[0] == -2.5 and REFERENCE_CUTOFFS[-1] == -0.1
+
+
+def test_voxel_max_against_brute_force():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-0.1, 1.1, (500, 3))
+    vals = rng.normal(size=500)
+    valid = rng.random(500) < 0.8
+    vox = voxel_max(pts, vals, WS, 4, valid)
+    ref = np.full((4, 4, 4), -np.inf)
+    for p, v, ok in zip(pts, vals, valid):
+        if ok and np.all((p >= 0) & (p <= 1)):
+            i, j, k = np.minimum((p * 4).astype(int), 3)
+            ref[i, j, k] = max(ref[i, j, k], v)
+    np.testing.assert_array_equal(vox, ref.reshape(-1))
+
+
+def test_voxel_iou_counts():
+    gt = np.array([1.0, 1.0, 0.0, 0.0, -np.inf])
+    pred = np.array([0.5, -1.0, 0.2, -2.0, 9.0])  # the last cell has no query: ignored
+    # cutoff 0: pred {0, 2}, gt {0, 1} -> 1 / 3 ; cutoff -1.5: pred {0, 1, 2}, gt {0, 1} -> 2 / 3
+    np.testing.assert_allclose(voxel_iou(pred, gt, [0.0, -1.5, 10.0]), [1 / 3, 2 / 3, 0.0])
+    assert np.isnan(voxel_iou(np.array([-5.0]), np.array([0.0]), [0.0])[0])  # both empty: undefined
+
+
+def test_cutoff_chosen_on_validation():
+    rng = np.random.default_rng(1)
+    pts = [rng.uniform(0, 1, (2000, 3)) for _ in range(3)]
+    gts = [p[:, 0] < 0.5 for p in pts]
+    preds = [np.where(g, -0.8, -1.6) + rng.normal(0, 0.05, len(g)) for g in gts]  # a clean split near -1.2
+    table = iou_table(pts, preds, gts, WS, REFERENCE_CUTOFFS, grid=8)
+    cut, iou = choose_cutoff(table, REFERENCE_CUTOFFS)
+    assert -1.5 <= cut <= -0.9 and iou == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        choose_cutoff(np.full((2, 3), np.nan), [0, 1, 2])
+
+
+def test_baselines():
+    xyz = np.array([[0.1, 0.1, 0.1], [0.6, 0.6, 0.6]])
+    rel = np.array([2.0, -1.0])
+    q = np.array([[0.12, 0.1, 0.1], [0.9, 0.9, 0.9], [5.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(relevancy_cloud_scores(xyz, rel, q, WS, grid=4), [2.0, -np.inf, -np.inf])
+    # camera at the origin looking along +x (optical z = world x, optical x = world -y)
+    T = np.eye(4)
+    T[:3, :3] = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    np.testing.assert_allclose(relation_direction("behind", T), [1, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(relation_direction("on the left of", T), [0, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(relation_direction("on", T), [0, 0, 1])
+    with pytest.raises(ValueError):
+        relation_direction("under", T)
+    s = shifted_reference_scores(xyz[:1], rel[:1], "behind", T, np.array([[0.38, 0.1, 0.1], [0.1, 0.1, 0.1]]), WS,
+                                 shift=0.3, grid=4)
+    np.testing.assert_array_equal(s, [2.0, -np.inf])  # the reference moved one cell away from the camera
+
+
+@pytest.fixture(scope="module")
+def arkit():
+    from occ_audit_ros.semabs.demo import load_arkit_scene
+
+    return load_arkit_scene()
+
+
+def test_arkit_cloud_matches_independent_backprojection(arkit):
+    depth, K, T = arkit["depth"], arkit["cam_intr"], arkit["cam_extr"]
+    assert arkit["rgb"].shape[:2] == depth.shape
+    xyz, r = relevancy_point_cloud(np.ones((1,) + depth.shape, np.float32), depth, K, T)
+    H, W = depth.shape
+    u, v = np.meshgrid(np.arange(W), np.arange(H))
+    cam = np.stack([(u - K[0, 2]) * depth / K[0, 0], (v - K[1, 2]) * depth / K[1, 1], depth], -1).reshape(-1, 3)
+    world = cam @ T[:3, :3].T + T[:3, 3]
+    np.testing.assert_allclose(xyz, world, atol=1e-4)
+    assert np.all(r == 1)
+    assert Workspace().contains(xyz).mean() > 0.5  # the frame was authored for the SemAbs workspace
+
+
+def test_arkit_inference_path_random_weights(arkit, tiny_clip):
+    """Random CLIP + random 3D networks on the real frame: shapes, frames and ranges only."""
+    from occ_audit_ros.relevancy import RelevancyConfig, RelevancyExtractor
+    from occ_audit_ros.semabs.inference import SemAbsPredictor
+    from occ_audit_ros.semabs.model import SemAbsConfig, SemAbsOVSSC, SemAbsVOOL
+
+    torch.manual_seed(0)
+    cfg = SemAbsConfig(grid=16, unet_levels=3, unet_f_maps=8, point_hidden=32)
+    ext = RelevancyExtractor(tiny_clip, RelevancyConfig(prompt_template="a photograph of a {} in a home."))
+    pred = SemAbsPredictor(ext, SemAbsOVSSC(cfg), SemAbsVOOL(cfg), num_points=3000, empty_logit=0.0,
+                           random_weights=True)
+    labels = list(arkit["ovssc_obj_classes"])[:4]
+    ov = pred.ovssc(arkit["rgb"], arkit["depth"], arkit["cam_intr"], arkit["cam_extr"], labels, grid=8)
+    assert ov.logits.shape == (4, 512) and ov.queries.shape == (512, 3) and ov.random_weights
+    assert Workspace().contains(ov.queries).all()
+    assert set(np.unique(ov.label_ids)) <= {-1, 0, 1, 2, 3}
+    np.testing.assert_array_equal(ov.label_ids >= 0, ov.logits.max(0) >= 0.0)
+    target, relation, reference = arkit["descriptions"][1]
+    vo = pred.vool(arkit["rgb"], arkit["depth"], arkit["cam_intr"], arkit["cam_extr"], target, relation, reference,
+                   context_labels=labels, grid=8)
+    assert vo.logits.shape == (512,) and np.all(np.abs(vo.logits) <= 1 / 0.07 + 1e-4)
+    with pytest.raises(ValueError):
+        pred.vool(arkit["rgb"], arkit["depth"], arkit["cam_intr"], arkit["cam_extr"], target, "under", reference)
