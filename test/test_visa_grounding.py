@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from occ_audit_ros.geometry import transform_points
-from occ_audit_ros.visa.grounding import InstanceBox, ground_boxes, pad_voxel_index
+from occ_audit_ros.visa.grounding import (InstanceBox, ground_boxes, keyframe_semantics_from_lidar,
+                                          pad_voxel_index)
 from occ_audit_ros.visa.taxonomy import OCC3D_CLASSES, category_to_class
 from occ_audit_ros.voxel_grid import VoxelGridSpec
 
@@ -19,22 +20,17 @@ def _class_index(box):
 
 @pytest.fixture(scope="module")
 def keyframe_gt(keyframe):
-    """Occupied GT voxels of the keyframe: LiDAR returns in a box take its class (majority vote
-    per voxel), other returns are 'others', the rest free (the semantic part of the Occ3D recipe;
-    the AGO engineer's occ_gt adds rays and camera masks, which grounding does not use)."""
+    """Occupied GT voxels of the keyframe from LiDAR returns in boxes (majority vote per voxel)."""
+    return keyframe_semantics_from_lidar(keyframe, OCC3D)
+
+
+def test_lidar_gt_helper_agrees_with_the_ago_box_test(keyframe, keyframe_gt):
     from occ_audit_ros.ago.occ_gt import points_in_boxes
 
+    _, _, box_of = keyframe_gt
     pts = transform_points(keyframe.lidar.T_base_lidar, keyframe.lidar.points[:, :3])
-    box_of = points_in_boxes(pts, keyframe.boxes)
-    labels = np.array([_class_index(b) for b in keyframe.boxes] + [0])[box_of]
     ijk, ok = OCC3D.point_to_voxel(pts)
-    flat, labels, box_of = OCC3D.flat_index(ijk[ok]), labels[ok], box_of[ok]
-    votes = np.zeros((OCC3D.num_voxels, 17), np.int32)
-    np.add.at(votes, (flat, labels), 1)
-    sem = np.full(OCC3D.num_voxels, 17, np.uint8)
-    occ = votes.sum(1) > 0
-    sem[occ] = votes[occ].argmax(1)
-    return sem.reshape(OCC3D.dims), flat, box_of
+    np.testing.assert_array_equal(box_of, points_in_boxes(pts, keyframe.boxes)[ok])
 
 
 def test_most_gt_object_voxels_of_each_box_are_grounded(keyframe, keyframe_gt):

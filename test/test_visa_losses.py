@@ -61,6 +61,11 @@ def test_pooling_ignores_padding_and_non_object_classes():
     np.testing.assert_allclose(p[1].numpy(), np.full(10, 0.1), rtol=1e-6)  # no voxels -> uniform
     with pytest.raises(ValueError, match="voxel index"):
         pooled_probabilities(logits, torch.tensor([[3]]))
+    # The 5-D grid form indexes the same voxels as its flattened (N, C) form.
+    grid = torch.randn(2, C, 3, 2, 4)
+    flat = grid.permute(0, 2, 3, 4, 1).reshape(-1, C)
+    idx = torch.tensor([[0, 5, 23, 47], [30, 31, -1, -1]])
+    torch.testing.assert_close(pooled_probabilities(grid, idx), pooled_probabilities(flat, idx), rtol=0, atol=0)
 
 
 def test_taxonomy_and_attribute_losses_hand_computed_at_uniform_prediction():

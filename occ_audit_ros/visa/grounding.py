@@ -139,3 +139,40 @@ def pad_voxel_index(voxel_lists: list[np.ndarray], offsets=None) -> torch.Tensor
             off = 0 if offsets is None else int(offsets[r])
             out[r, : len(v)] = torch.as_tensor(np.asarray(v, np.int64) + off)
     return out
+
+
+def keyframe_semantics_from_lidar(keyframe, spec: VoxelGridSpec):
+    """Occupied GT voxels of a keyframe from its LiDAR returns and 3D boxes (semantic part of the
+    Occ3D recipe, ``benchmarks.md`` §4): a return inside a box takes the box's class (K_obj
+    index in ``OCC3D_CLASSES``; boxes outside K_obj -> ``others``), other returns are ``others``;
+    each voxel takes the majority class of its returns; voxels without a return are ``free`` (17).
+    No ray casting or camera mask (grounding does not need them; the AGO GT builder
+    ``occ_audit_ros.ago.occ_gt`` adds them with the same labels and frame).
+
+    Args:
+        keyframe: :class:`occ_audit_ros.nuscenes_io.Keyframe`.
+        spec: grid in ``base_link`` at the LiDAR timestamp.
+
+    Returns:
+        ``(semantics (X, Y, Z) uint8, point_voxel (M,) int64 flat voxel of each in-grid return,
+        point_box (M,) int64 box index of that return or −1)``.
+    """
+    from ..geometry import transform_points
+
+    pts = transform_points(keyframe.lidar.T_base_lidar, keyframe.lidar.points[:, :3])
+    box_of = np.full(len(pts), -1, np.int64)
+    for i, b in enumerate(keyframe.boxes):
+        local = (pts - b.center) @ np.asarray(b.rotation)
+        box_of[np.all(np.abs(local) <= np.asarray(b.size) / 2, axis=1)] = i
+    cls = [category_to_class(b.category) for b in keyframe.boxes]
+    box_label = np.array([OCC3D_CLASSES.index(c) if c else 0 for c in cls] + [0], np.int64)
+    labels = box_label[box_of]
+    ijk, ok = spec.point_to_voxel(pts)
+    flat = spec.flat_index(ijk[ok]).astype(np.int64)
+    labels, box_of = labels[ok], box_of[ok]
+    votes = np.zeros((spec.num_voxels, 17), np.int32)
+    np.add.at(votes, (flat, labels), 1)
+    sem = np.full(spec.num_voxels, 17, np.uint8)
+    occ = votes.sum(1) > 0
+    sem[occ] = votes[occ].argmax(1)
+    return sem.reshape(spec.dims), flat, box_of

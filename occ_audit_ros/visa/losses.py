@@ -138,12 +138,43 @@ def build_targets(frames: list[FrameAudit], voxel_lists: list[np.ndarray], frame
         frame=torch.as_tensor(np.asarray(frame_ids, np.int64)).reshape(R))
 
 
+def gather_logits(logits: torch.Tensor, voxel_index: torch.Tensor) -> torch.Tensor:
+    """Logits of each row's voxels: (R, V_max, C) (padding rows read voxel 0; mask them).
+
+    Args:
+        logits: (N, C) flattened logits, or the model's (B, C, X, Y, Z) grid; flat index
+            ``b·X·Y·Z + (ix·Y + iy)·Z + iz`` (C-order, :class:`occ_audit_ros.voxel_grid.VoxelGridSpec`).
+            The 5-D form indexes the grid in place: no copy of the whole grid, and the gradient
+            reaching the model has the grid's own memory layout.
+        voxel_index: (R, V_max) int64, −1 = padding.
+
+    Raises:
+        ValueError: for bad shapes or indices beyond the number of voxels.
+    """
+    if voxel_index.ndim != 2:
+        raise ValueError(f"voxel_index must be (R, V_max), got {tuple(voxel_index.shape)}")
+    if logits.ndim == 2:
+        n = logits.shape[0]
+    elif logits.ndim == 5:
+        n = logits.shape[0] * logits.shape[2] * logits.shape[3] * logits.shape[4]
+    else:
+        raise ValueError(f"logits must be (N, C) or (B, C, X, Y, Z), got {tuple(logits.shape)}")
+    idx = voxel_index.clamp(min=0).to(logits.device)
+    if voxel_index.numel() and int(voxel_index.max()) >= n:
+        raise ValueError(f"voxel index {int(voxel_index.max())} >= number of voxels {n}")
+    if logits.ndim == 2:
+        return logits[idx]
+    _, _, X, Y, Z = logits.shape
+    b, rem = idx // (X * Y * Z), idx % (X * Y * Z)
+    return logits[b, :, rem // (Y * Z), (rem // Z) % Y, rem % Z]  # (R, V, C)
+
+
 def pooled_probabilities(logits: torch.Tensor, voxel_index: torch.Tensor,
                          k_obj_index=K_OBJ_OCC3D_INDEX) -> torch.Tensor:
     """p̄_r: mean softmax over each row's voxels, restricted to K_obj and renormalised.
 
     Args:
-        logits: (N, C) float voxel logits.
+        logits: (N, C) or (B, C, X, Y, Z) float voxel logits (see :func:`gather_logits`).
         voxel_index: (R, V_max) int64 indices into the N voxels, −1 = padding.
         k_obj_index: the K columns of K_obj in the C classes (Occ3D ids 1..10 by default).
 
@@ -153,15 +184,10 @@ def pooled_probabilities(logits: torch.Tensor, voxel_index: torch.Tensor,
     Raises:
         ValueError: for bad shapes or indices ≥ N.
     """
-    if logits.ndim != 2:
-        raise ValueError(f"logits must be (N, C), got {tuple(logits.shape)}")
-    if voxel_index.ndim != 2:
-        raise ValueError(f"voxel_index must be (R, V_max), got {tuple(voxel_index.shape)}")
-    if voxel_index.numel() and int(voxel_index.max()) >= logits.shape[0]:
-        raise ValueError(f"voxel index {int(voxel_index.max())} >= number of voxels {logits.shape[0]}")
-    valid = voxel_index >= 0
-    p = torch.softmax(logits, dim=-1)
-    gathered = p[voxel_index.clamp(min=0)] * valid[..., None].to(p.dtype)  # (R, V, C)
+    valid = (voxel_index >= 0).to(logits.device)
+    # Softmax only of the gathered voxels (the grid may hold millions that no instance uses).
+    p = torch.softmax(gather_logits(logits, voxel_index), dim=-1)  # (R, V, C)
+    gathered = p * valid[..., None].to(p.dtype)
     count = valid.sum(1, keepdim=True).to(p.dtype)
     pbar = gathered.sum(1) / count.clamp(min=1.0)
     kidx = torch.as_tensor(list(k_obj_index), device=logits.device)
@@ -310,7 +336,8 @@ def visa_loss(logits: torch.Tensor, targets: AuditTargets, cfg: VisaLossConfig =
     """The VISA terms for one batch of logits.
 
     Args:
-        logits: (N, C) float voxel logits (C ≥ 11, Occ3D order, K_obj = columns 1..10).
+        logits: (N, C) or (B, C, X, Y, Z) float voxel logits (C ≥ 11, Occ3D order, K_obj =
+            classes 1..10).
         targets: the batch's :class:`AuditTargets` (on the logits' device).
         cfg: hyper-parameters.
         epoch: training progress in epochs for the λ ramp (``None``: no ramp).

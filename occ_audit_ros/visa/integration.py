@@ -1,0 +1,99 @@
+"""Bridge from offline audits to a training step of any occupancy model (visa.md §8).
+
+- :func:`flatten_logits` — ``[B, C, X, Y, Z]`` (or channels-last) logits -> ``(N, C)`` rows in
+  the order :func:`keyframe_targets` indexes (flat C-order voxel index + ``b · X·Y·Z``); the
+  losses also take the 5-D grid directly and index it in place (no copy).
+- :func:`keyframe_targets` — audit store records + one keyframe's boxes and GT grid ->
+  :class:`.losses.AuditTargets` (grounding, propagation weights, padded voxel assignment).
+- :class:`VisaTerm` — the configured, ramped VISA loss: ``loss = l_occ + term(logits, targets,
+  epoch)["total"]``.
+
+VISA never wraps or modifies the model: it reads the logits the trainer already has, so the
+model's forward, parameters and exported checkpoint are the same with or without it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..voxel_grid import VoxelGridSpec
+from .crops import keyframe_instance_token
+from .grounding import InstanceBox, ground_boxes
+from .losses import AuditTargets, VisaLossConfig, build_targets, visa_loss
+from .propagation import propagate
+
+
+def flatten_logits(logits: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """(B, C, X, Y, Z) (or (B, X, Y, Z, C) with ``channels_last``) -> (B·X·Y·Z, C), a view when possible.
+
+    Raises:
+        ValueError: unless the input is 5-D.
+    """
+    if logits.ndim != 5:
+        raise ValueError(f"logits must be 5-D [B, C, X, Y, Z], got {tuple(logits.shape)}")
+    if not channels_last:
+        logits = logits.permute(0, 2, 3, 4, 1)
+    return logits.reshape(-1, logits.shape[-1])
+
+
+def keyframe_targets(keyframe, semantics: np.ndarray, spec: VoxelGridSpec, audits: dict[str, dict],
+                     batch_index: int = 0, frame_id: int = 0, margin: float = 0.2, min_voxels: int = 3,
+                     tau_q: float = 0.5, tau_r: float = 0.5, agreement_downweight: bool = False,
+                     full_voxels: int = 20) -> tuple[AuditTargets, dict]:
+    """AuditTargets of one keyframe (batch item ``batch_index`` of a batch on grid ``spec``).
+
+    Args:
+        keyframe: :class:`occ_audit_ros.nuscenes_io.Keyframe` (boxes in ``base_link``).
+        semantics: (X, Y, Z) Occ3D-label GT grid of the keyframe in ``base_link``.
+        spec: the grid.
+        audits: instance token -> ``visa-audit/1`` record (e.g. ``store.read_store(...)``).
+
+    Returns:
+        (targets, stats) with stats ``{"boxes", "audited", "grounded", "rows"}``; rows = audited
+        instances with ≥ ``min_voxels`` matched voxels.
+    """
+    boxes = [InstanceBox.from_gtbox(b) for b in keyframe.boxes]
+    groundings = ground_boxes(spec, semantics, boxes, margin, min_voxels)
+    anns, vox = [], {}
+    for b, g in zip(keyframe.boxes, groundings):
+        tok = keyframe_instance_token(keyframe, b)
+        if g.skipped or tok not in audits:
+            continue
+        anns.append({"token": tok, "instance_token": tok, "sample_token": keyframe.sample_token,
+                     "prev": "", "next": ""})
+        vox[tok] = g.voxels
+    frames = propagate(audits, anns, {t: len(v) for t, v in vox.items()}, tau_q, tau_r,
+                       agreement_downweight, full_voxels)
+    offset = batch_index * spec.num_voxels
+    targets = build_targets(frames, [vox[f.annotation_token] for f in frames], [frame_id] * len(frames),
+                            [offset] * len(frames))
+    stats = {"boxes": len(boxes), "audited": sum(keyframe_instance_token(keyframe, b) in audits for b in keyframe.boxes),
+             "grounded": sum(not g.skipped for g in groundings), "rows": len(frames)}
+    return targets, stats
+
+
+def concat_targets(parts: list[AuditTargets]) -> AuditTargets:
+    """Concatenate per-sample targets of a batch (voxel indices must already carry batch offsets)."""
+    vmax = max(p.voxel_index.shape[1] for p in parts)
+    padded = [torch.nn.functional.pad(p.voxel_index, (0, vmax - p.voxel_index.shape[1]), value=-1) for p in parts]
+    return AuditTargets(torch.cat(padded), *(torch.cat([getattr(p, n) for p in parts]) for n in
+                        ("gt", "hypothesis", "pi", "confusion_set", "attributes", "attribute_mask", "weight", "frame")))
+
+
+class VisaTerm:
+    """The VISA training term: λ-weighted, ramped sum of the three losses (visa.md §7).
+
+    Args:
+        config: the ``losses`` section of ``config/visa.yaml`` (or a :class:`VisaLossConfig`).
+        seed: seed of the graph-edge subsampling generator.
+    """
+
+    def __init__(self, config: dict | VisaLossConfig | None = None, seed: int = 0) -> None:
+        self.cfg = config if isinstance(config, VisaLossConfig) else VisaLossConfig.from_dict(config)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor, targets: AuditTargets, epoch: float | None) -> dict:
+        """VISA terms for 5-D logits [B, C, X, Y, Z] (indexed in place) or flattened (N, C);
+        see :func:`.losses.visa_loss`."""
+        return visa_loss(logits, targets.to(logits.device), self.cfg, epoch, generator=self.generator)
