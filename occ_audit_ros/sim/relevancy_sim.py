@@ -34,7 +34,7 @@ DEFAULTS = {
     "mask_leak": 0.3,              # weight of the blob outside the object's mask (0 = clipped)
     "false_positive_prob": 0.15,   # per (label, other visible object)
     "false_positive_magnitude": [0.1, 0.4],
-    "background_noise": 0.08,      # std of the smooth background noise after normalisation
+    "background_noise": 0.05,      # std of the smooth background noise after normalisation
     "background_sigma_px": 6.0,    # smoothing of the background noise
     "subtract_mean": True,         # as the real extractor (SemAbs subtract_mean_relevancy)
     "scale": 1.0,                  # multiplier applied last
