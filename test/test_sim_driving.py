@@ -198,3 +198,28 @@ def test_same_seed_same_bytes_and_resume(dataset, tmp_path):
     assert jpg.stat().st_mtime_ns == stamp
     args2[args2.index("--seed") + 1] = "4"
     assert generate.main(args2) == 1
+
+
+def test_torchrun_two_processes_split_sequences(dataset, tmp_path, cfg):
+    """torchrun with 2 CPU processes: each takes every other sequence (RANK / WORLD_SIZE); the
+    tables are merged once all sequences exist, and sequence 0 equals the 1-process run's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nuscenes.nuscenes import NuScenes
+
+    out, cfg_path, _ = dataset
+    multi = tmp_path / "multi"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--no-python", sys.executable, "-m",
+           "occ_audit_ros.sim.generate", "driving", "--out", str(multi), "--scenes", "2",
+           "--seed", "3", "--config", str(cfg_path), "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    nusc = NuScenes(version=cfg["version"], dataroot=str(multi), verbose=False)
+    assert len(nusc.scene) == 2 and len(nusc.sample) == 4
+    seq0 = sorted(p.relative_to(out) for p in (out / "samples").rglob("*") if p.is_file())
+    assert seq0 and all((multi / f).read_bytes() == (out / f).read_bytes() for f in seq0)

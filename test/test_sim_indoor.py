@@ -145,17 +145,25 @@ def test_scene_ground_truth_is_consistent(cfg):
     assert vis <= set(view["relevancy_labels"])
 
 
-@pytest.mark.parametrize("split", ["novel_synonym", "novel_class"])
+@pytest.mark.parametrize("split", ["train", "novel_synonym", "novel_class", "novel_shape"])
 def test_splits_change_labels_and_classes(cfg, split):
     c = merge(dict(cfg), {"split": split})
     vocab = Vocabulary.from_config(c)
     metas = [json.loads(str(generate_indoor_scene(c, vocab, scene_rng(1, i))["meta"]))
              for i in range(3)]
     objs = [o for m in metas for o in m["objects"] if o["category"] not in ("floor", "wall")]
+    held_class = [vocab.classes[o["category"]].held_out for o in objs]
+    held_shape = [o["shape"] in vocab.held_out_shapes for o in objs]
     if split == "novel_synonym":
         assert all(o["label"] in vocab.classes[o["category"]].synonyms for o in objs)
+    if split == "novel_class":
+        assert any(held_class) and not any(held_shape)
+    elif split == "novel_shape":
+        assert any(held_shape) and not any(held_class)
     else:
-        assert any(vocab.classes[o["category"]].held_out for o in objs)
+        assert not any(held_class) and not any(held_shape)
+    if split != "novel_synonym":
+        assert all(o["label"] == o["category"] for o in objs)
 
 
 def test_cli_is_deterministic_resumable_and_shardable(tmp_path, cfg):

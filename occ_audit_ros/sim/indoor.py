@@ -17,8 +17,10 @@ M = random query points, D = descriptions, K = relevancy labels):
 * ``occ_grid`` (O, ceil(G/8)) uint8: ``np.packbits`` of the per-object occupancy at the centres
   of a grid^3 lattice over the workspace (C order over x, y, z, as :class:`VoxelGridSpec`).
 * ``query_points`` (M, 3) float32 uniform random workspace points, ``occ_points`` (O, ceil(M/8)).
-* ``vool_grid`` (V, D, ceil(G/8)) / ``vool_points`` (V, D, ceil(M/8)) uint8 packed VOOL GT.
-* ``relevancy`` (V, K, ceil(H/s), ceil(W/s)) float16: **simulated** relevancy (not CLIP).
+* ``vool_grid`` (V, D, ceil(G/8)) / ``vool_points`` (V, D, ceil(M/8)) uint8 packed VOOL GT
+  (D = the most descriptions of any view; rows past a view's own count are zero).
+* ``relevancy`` (V, K, ceil(H/s), ceil(W/s)) float16: **simulated** relevancy (not CLIP), K = the
+  largest label set of any view, zero-padded; each view's labels are in ``meta``.
 * ``meta``: JSON with objects (category, label, shape, support / container, bounds, visible
   pixels per view), descriptions per view, relevancy labels per view, workspace, grid, split.
 """
