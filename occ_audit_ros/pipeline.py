@@ -82,6 +82,16 @@ def pipeline_config_from_params(values: dict[str, Any]) -> PipelineConfig:
         ValueError: on invalid parameter values.
     """
     v = param_specs.validate(values)
+    if v["relevancy.preset"]:  # a named preset (config/relevancy_presets.yaml) replaces the relevancy.* values
+        try:
+            rel = RelevancyConfig.from_preset(param_specs.check_preset(v["relevancy.preset"]),
+                                              prompt_template=v["prompt_template"])
+        except KeyError as err:
+            raise ValueError(str(err)) from err
+        grid = VoxelGridSpec(tuple(v["grid.lower"]), tuple(v["grid.upper"]), v["grid.voxel_size"])
+        return PipelineConfig(labels=[str(label) for label in v["labels"]], relevancy=rel, grid=grid,
+                              target_frame=v["target_frame"], min_depth_m=v["depth.min_m"],
+                              max_depth_m=v["depth.max_m"])
     rel = RelevancyConfig(tile_fractions=tuple(v["relevancy.tile_fractions"]),
                           stride_fraction=v["relevancy.stride_fraction"], flip=v["relevancy.flip"],
                           prompt_template=v["prompt_template"], output_stride=v["relevancy.output_stride"],

@@ -141,28 +141,36 @@ def test_bad_input_is_skipped_and_node_recovers(ros, keyframe_bag):
         time.sleep(0.05)
     good = {k: msgs[t][0] for k, t in topics.items()}
 
-    def send(image, info, depth):
-        pubs["camera_info"].publish(info)
-        pubs["depth"].publish(depth)
-        pubs["image_raw"].publish(image)
+    def send(image, info, depth, counter=None):
+        # Best effort: a publisher can see the subscription before the subscriber has matched it,
+        # so the first messages may be lost; resend (same stamps) until the node reacts.
+        deadline = time.monotonic() + 60.0
+        before = node.counters[counter] if counter else 0
+        until = (lambda: node.counters[counter] > before) if counter else None
+        while True:
+            pubs["camera_info"].publish(info)
+            pubs["depth"].publish(depth)
+            pubs["image_raw"].publish(image)
+            if until is None or _wait(until, 2.0) or time.monotonic() > deadline:
+                return
 
     # 1. image smaller than its camera_info; 2. unknown encoding; 3. all-NaN/inf depth in an unknown frame.
     small = Image(header=good["image_raw"].header, height=2, width=2, encoding="rgb8", step=6, data=bytes(12))
-    send(small, good["camera_info"], good["depth"])
+    send(small, good["camera_info"], good["depth"], counter="skipped")
     assert _wait(lambda: node.counters["skipped"] >= 1), node.counters
     weird = copy.deepcopy(good["image_raw"])
     weird.encoding = "yuv422_yuy2_weird"
-    send(weird, good["camera_info"], good["depth"])
+    send(weird, good["camera_info"], good["depth"], counter="skipped")
     assert _wait(lambda: node.counters["skipped"] >= 2), node.counters
     nan_depth = copy.deepcopy(good["depth"])
     nan_depth.data = np.full(nan_depth.height * nan_depth.width, np.nan, np.float32).tobytes()
     unknown_frame = copy.deepcopy(good["image_raw"])
     unknown_frame.header.frame_id = "no_such_frame"
-    send(unknown_frame, good["camera_info"], nan_depth)
+    send(unknown_frame, good["camera_info"], nan_depth, counter="skipped")
     assert _wait(lambda: node.counters["skipped"] >= 3), node.counters
     assert node.counters["processed"] == 0
     # A valid frame afterwards is processed.
-    send(good["image_raw"], good["camera_info"], good["depth"])
+    send(good["image_raw"], good["camera_info"], good["depth"], counter="processed")
     assert node.wait_for_frames(1, 60.0), node.counters
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import sys
 import threading
 import time
@@ -150,7 +149,7 @@ class PerceptionNode(Node):
                 f"clip_model={clip.name}: RANDOMLY INITIALISED CLIP WEIGHTS. Every output is marked "
                 "random_weights=true and is NOT a real perception output.")
         self.pipeline = PerceptionPipeline(clip, config)
-        self._pending_preset: str | None = self.values["relevancy.preset"] or None
+        self._pending_preset: str | None = None  # set by a run-time change, applied by the worker
         self.get_logger().info(
             f"CLIP {clip.name} on {clip.device}; {len(config.labels)} labels; grid {config.grid.dims} "
             f"x {config.grid.voxel_size} m in {config.target_frame}; cameras {self.cameras}")
@@ -333,14 +332,7 @@ class PerceptionNode(Node):
 
     def _apply_preset(self, name: str) -> None:
         """Swap the relevancy extractor for preset ``name`` ('' = the relevancy.* parameters)."""
-        from .. import relevancy
-
-        if name:
-            preset = relevancy.PRESETS[name]
-            rel = preset() if callable(preset) else preset
-            rel = dataclasses.replace(rel, prompt_template=self.values["prompt_template"])
-        else:
-            rel = pipeline_config_from_params(self.values).relevancy
+        rel = pipeline_config_from_params({**self.values, "relevancy.preset": name}).relevancy
         self.pipeline.config.relevancy = rel
         self.pipeline.extractor = RelevancyExtractor(self.pipeline.clip, rel)
 
