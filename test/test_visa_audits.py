@@ -183,17 +183,17 @@ def test_clip_zero_shot_auditor_matches_naive_full_forward(tiny_clip):
 
 
 @pytest.fixture(scope="module")
-def tiny_vlm_dir(tmp_path_factory):
+def tiny_vlm_dir():
     """A tiny RANDOM-init Qwen2-VL checkpoint saved to disk (see test/visa_tiny_vlm.py)."""
-    from visa_tiny_vlm import save_tiny_qwen2vl
+    from visa_tiny_vlm import tiny_qwen2vl_dir
 
-    return save_tiny_qwen2vl(tmp_path_factory.mktemp("tiny_qwen2vl"))
+    return tiny_qwen2vl_dir()
 
 
 def test_vlm_auditor_runs_the_real_qwen2vl_code_path_and_rejects_invalid_answers(tiny_vlm_dir):
     from occ_audit_ros.visa.vlm_auditor import PROMPT_VERSION, VlmAuditor, build_prompt
 
-    aud = VlmAuditor(str(tiny_vlm_dir), max_new_tokens=16)
+    aud = VlmAuditor(str(tiny_vlm_dir), max_new_tokens=6)
     assert type(aud.vlm).__name__ == "Qwen2VLForConditionalGeneration"
     assert aud.describe() == {"kind": "vlm", "model": str(tiny_vlm_dir), "prompt": PROMPT_VERSION,
                               "temperature": 0.0}

@@ -165,3 +165,30 @@ def test_agreement_report_counts_by_quality():
     assert rep["n"] == 3 and rep["agreement"] == pytest.approx(2 / 3)
     assert rep["per_quality"]["poor"] == {"n": 2, "agreement": 0.5}
     assert rep["confusion"][3][9] == 1  # GT car (row 3) audited as truck (column 9)
+
+
+def test_cli_runs_the_clip_and_vlm_auditors_and_counts_rejections(tmp_path):
+    from visa_tiny_vlm import save_tiny_qwen2vl
+
+    import yaml
+
+    vlm_dir = save_tiny_qwen2vl(tmp_path / "tiny_vlm")
+    cfg = yaml.safe_load((REPO / "config" / "visa.yaml").read_text())
+    cfg["auditor"]["vlm"].update(max_new_tokens=8, device="cpu")  # a random model never stops early
+    (tmp_path / "visa.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "vlm"
+    assert main(["--out", str(out), "--config", str(tmp_path / "visa.yaml"), "--auditor", "vlm",
+                 "--model", str(vlm_dir), "--limit", "3", "--no-progress"]) == 0
+    rejected = _lines(out / "rejected.jsonl")
+    reasons = [r["reason"] for r in rejected]
+    assert len(rejected) == 3 and set(reasons) <= {"auditor answer rejected", "no usable crop"}
+    stats = json.loads((out / "stats.shard-0-of-1.json").read_text())["runs"][0]["auditor_stats"]
+    # Every crop that reached the model was rejected (random weights never write JSON), after a retry.
+    n_asked = reasons.count("auditor answer rejected")
+    assert n_asked >= 1 and stats["requests"] == stats["rejected"] == n_asked
+    assert json.loads((out / "report.json").read_text())["n"] == 0
+    out = tmp_path / "clip"
+    assert main(["--out", str(out), "--auditor", "clip", "--model", "random-tiny", "--limit", "3",
+                 "--no-progress"]) == 0
+    recs = _lines(out / "audits.jsonl")
+    assert len(recs) + len(_lines(out / "rejected.jsonl")) == 3 and recs and all(r["vlm"]["kind"] == "clip-zero-shot" and "RANDOM" in r["vlm"]["model"] for r in recs)

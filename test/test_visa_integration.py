@@ -36,16 +36,19 @@ def test_real_keyframe_audits_train_a_logit_grid_towards_the_gt_classes(keyframe
     assert generate_main(["--out", str(tmp_path), "--no-progress"]) == 0
     audits = read_store(tmp_path / "audits.jsonl")
     sem, _, _ = keyframe_semantics_from_lidar(keyframe, OCC3D)
-    targets, stats = keyframe_targets(keyframe, sem, OCC3D, audits, batch_index=1)
+    both, stats = keyframe_targets(keyframe, sem, OCC3D, audits, batch_index=0)
     assert stats["rows"] >= 20 and stats["rows"] <= stats["grounded"]
-    both = concat_targets([keyframe_targets(keyframe, sem, OCC3D, audits, batch_index=0)[0], targets])
-    assert both.voxel_index.shape[0] == 2 * stats["rows"]
-    assert int(targets.voxel_index[targets.voxel_index >= 0].min()) >= OCC3D.num_voxels  # batch offset
-    # A free logit grid [B=2, C=18, 200, 200, 16] trained with VISA alone (L_occ left out).
-    logits = torch.zeros(2, 18, *OCC3D.dims, requires_grad=True)
+    second, _ = keyframe_targets(keyframe, sem, OCC3D, audits, batch_index=1)
+    batch = concat_targets([both, second])
+    assert batch.voxel_index.shape[0] == 2 * stats["rows"]
+    shifted = torch.where(both.voxel_index >= 0, both.voxel_index + OCC3D.num_voxels, -1)
+    assert torch.equal(batch.voxel_index[stats["rows"]:, : shifted.shape[1]], shifted)  # batch offset
+    # A free logit grid [B=1, C=18, 200, 200, 16] trained with VISA alone (L_occ left out).
+    logits = torch.zeros(1, 18, *OCC3D.dims, requires_grad=True)
     term = VisaTerm({"lambda_tax": 1.0, "lambda_attr": 0.2, "lambda_graph": 0.1})
     out = term(logits, both, epoch=None)
     out["total"].backward()
+    assert logits.grad.is_contiguous()  # the gradient keeps the grid's layout
     g = flatten_logits(logits.grad).abs().sum(1)
     touched = torch.nonzero(g).flatten()
     used = torch.unique(both.voxel_index[(both.voxel_index >= 0) & (both.weight[:, None] > 0)])

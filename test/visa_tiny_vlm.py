@@ -68,3 +68,19 @@ def save_tiny_qwen2vl(out_dir: Path, seed: int = 0) -> Path:
     image_processor.save_pretrained(out_dir)
     (out_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     return out_dir
+
+
+_CACHED: dict[str, Path] = {}
+
+
+def tiny_qwen2vl_dir() -> Path:
+    """One tiny checkpoint per test process (a temporary directory removed at exit)."""
+    if "dir" not in _CACHED:
+        import atexit
+        import shutil
+        import tempfile
+
+        d = Path(tempfile.mkdtemp(prefix="visa_tiny_qwen2vl_"))
+        atexit.register(shutil.rmtree, d, ignore_errors=True)
+        _CACHED["dir"] = save_tiny_qwen2vl(d)
+    return _CACHED["dir"]
