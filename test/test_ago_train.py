@@ -1,0 +1,68 @@
+"""train_ago: a few steps in-process with checkpoint + resume, and torchrun DDP with 2 CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "training"))
+
+import train_ago  # noqa: E402
+
+from occ_audit_ros.ago.checkpoint import latest_checkpoint, load_checkpoint, read_metadata  # noqa: E402
+
+SMALL = ["data.voxel_size=3.2", "data.image_scale=0.05", "data.gt_pixel_stride=48", "model.cnn_channels=8",
+         "model.cnn_width=8", "model.hidden=8", "optim.warmup_steps=1", "checkpoint_every=2", "log_every=1"]
+
+
+def _cfg(tmp_path, extra=()):
+    return train_ago.load_config(REPO / "config" / "ago_train.yaml",
+                                 SMALL + [f"out_dir={tmp_path}", f"data.gt_dir={tmp_path / 'gt'}"] + list(extra))
+
+
+def test_train_resume_and_extra_loss(tmp_path):
+    cfg = _cfg(tmp_path, ["optim.steps=3", "text_encoder=clip", "clip_model=random-tiny", "align.enabled=true",
+                          "noise.count=4", "noise.threshold=1.01"])
+    seen = []
+
+    def extra(batch, out, model):
+        seen.append(out["class_logits"].shape)
+        return {"visa_dummy": out["class_logits"].float().pow(2).mean() * 0.0}
+
+    r = train_ago.train(cfg, extra_losses=[extra], progress=False)
+    assert r["step"] == 3 and set(r["losses"]) == {"grounding", "occ", "align", "visa_dummy", "total"}
+    assert seen[0] == (1, 25, 25, 2, 18)  # Occ3D labels 0-17 per voxel
+    ck = latest_checkpoint(tmp_path)
+    assert ck.name == "ckpt-000003" and (ck / "train_state.safetensors").is_file()
+    meta = read_metadata(ck)
+    assert meta["step"] == 3 and list(meta["vocabulary"])[4] == "car" and meta["embed_dim"] == 32
+    # resume to 5 steps: continues at 3, the optimizer state comes back
+    cfg["optim"]["steps"] = 5
+    r2 = train_ago.train(cfg, progress=False)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert r2["step"] == 5 and steps == [1, 2, 3, 4, 5]
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-000004", "ckpt-000005"]
+    _, _, _, _, _, _, _, model = train_ago.build_everything(cfg)
+    opt = torch.optim.AdamW(model.parameters())
+    load_checkpoint(latest_checkpoint(tmp_path), model, opt)
+    assert opt.state_dict()["state"][0]["step"].item() == 5
+    with pytest.raises(ValueError, match="align.enabled"):
+        train_ago.train(_cfg(tmp_path / "x", ["align.enabled=true"]), progress=False)
+
+
+def test_torchrun_ddp_two_processes(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "training" / "train_ago.py"), "--set", *SMALL, f"out_dir={tmp_path}",
+           f"data.gt_dir={tmp_path / 'gt'}", "optim.steps=2", "text_encoder=clip", "clip_model=random-tiny",
+           "noise.count=4", "noise.threshold=1.01"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads([l for l in p.stdout.splitlines() if l.startswith("{")][-1])
+    assert result["step"] == 2 and latest_checkpoint(tmp_path).name == "ckpt-000002"
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2  # rank 0 logs only

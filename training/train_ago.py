@@ -1,0 +1,235 @@
+"""Train AGO (adaptive grounding for open-world 3D occupancy, Li et al. ICCV 2025) on nuScenes-format data.
+
+Usage::
+
+    python training/train_ago.py --config config/ago_train.yaml [--set optim.steps=50 ...]
+    torchrun --nproc_per_node 2 training/train_ago.py --config config/ago_train.yaml   # DDP (gloo on CPU)
+
+Model and losses come from :mod:`occ_audit_ros.ago` (the same code the perception node runs).
+Checkpoints: ``<out_dir>/ckpt-<step>/`` safetensors, written atomically; a run resumes from
+``<out_dir>/latest`` automatically (``--no-resume`` to start over). Progress: tqdm on rank 0 and
+``<out_dir>/log.jsonl``. Python API: :func:`train` accepts ``extra_losses`` (hooks
+``fn(batch, outputs, model) -> {name: tensor}``) for additional terms such as VISA's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from occ_audit_ros.ago.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from occ_audit_ros.ago.classes import load_class_config  # noqa: E402
+from occ_audit_ros.ago.data import collate, load_samples, training_vocabulary  # noqa: E402
+from occ_audit_ros.ago.metrics import OccConfusion, occ3d_table  # noqa: E402
+from occ_audit_ros.ago.model import ago_losses, build_model  # noqa: E402
+from occ_audit_ros.ago.network import ClipPatchEncoder  # noqa: E402
+from occ_audit_ros.ago.occ_gt import OCC3D_SPEC  # noqa: E402
+from occ_audit_ros.ago.prompts import NoiseSampler, dictionary_words, encode_vocabulary  # noqa: E402
+from occ_audit_ros.ago.text import build_text_encoder  # noqa: E402
+from occ_audit_ros.voxel_grid import VoxelGridSpec  # noqa: E402
+
+
+def load_config(path, overrides=()) -> dict:
+    """YAML config with ``a.b=value`` overrides (values parsed as YAML).
+
+    Raises:
+        FileNotFoundError, ValueError: missing file / malformed override.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} not found")
+    cfg = yaml.safe_load(path.read_text())
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        key, val = item.split("=", 1)
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(val)
+    return cfg
+
+
+def lr_at(step: int, o: dict) -> float:
+    """Linear warm-up from ``warmup_start_lr`` to ``lr`` over ``warmup_steps``, then cosine to
+    ``min_lr`` at ``steps`` (AGO §4.1 / ago.md §6)."""
+    if step < o["warmup_steps"]:
+        return o["warmup_start_lr"] + (o["lr"] - o["warmup_start_lr"]) * step / max(1, o["warmup_steps"])
+    t = (step - o["warmup_steps"]) / max(1, o["steps"] - o["warmup_steps"])
+    return o["min_lr"] + 0.5 * (o["lr"] - o["min_lr"]) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _dist_setup() -> tuple[int, int]:
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build_everything(cfg: dict, rank: int = 0):
+    """Class config, text encoder, vocabulary bank, label map, grid, CLIP bundle (or None), model."""
+    ccfg = load_class_config(cfg.get("classes"))
+    clip = None
+    if cfg.get("clip_model"):
+        from occ_audit_ros.clip_model import load_clip
+
+        clip = load_clip(cfg["clip_model"])
+    out = Path(cfg["out_dir"])
+    text = build_text_encoder(cfg.get("text_encoder", "minilm"), clip, out / f"text_cache_rank{rank}.safetensors")
+    vocab, label_map = training_vocabulary(ccfg, cfg.get("vocabulary", "closed"))
+    bank = encode_vocabulary(text, vocab)
+    d = cfg["data"]
+    spec = VoxelGridSpec(OCC3D_SPEC.lower, OCC3D_SPEC.upper, d["voxel_size"])
+    mcfg = dict(cfg["model"], voxel_size=d["voxel_size"])
+    model = build_model(mcfg, text.dim, clip)
+    return ccfg, text, vocab, bank, label_map, spec, clip, model
+
+
+def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = True) -> dict:
+    """Run training as configured; returns ``{"step", "losses" (last), "log" path, "checkpoint"}``.
+
+    Args:
+        cfg: parsed config (see ``config/ago_train.yaml``).
+        extra_losses: list of hooks ``fn(batch, outputs, model) -> {name: scalar tensor}``; their
+            terms are added to the total and logged. ``outputs["class_logits"]`` is
+            (B, X, Y, Z, K + 1) (Occ3D labels 0-17 for the closed vocabulary).
+        resume: continue from ``<out_dir>/latest`` when present.
+
+    Raises:
+        ValueError: inconsistent config (alignment without a shared CLIP space).
+    """
+    rank, world = _dist_setup()
+    torch.manual_seed(cfg.get("seed", 0))  # same init on every rank (DDP also broadcasts)
+    ccfg, text, vocab, bank, label_map, spec, clip, model = build_everything(cfg, rank)
+    out = Path(cfg["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    align_enc = None
+    if cfg.get("align", {}).get("enabled"):
+        if clip is None or cfg.get("text_encoder") != "clip":
+            raise ValueError("align.enabled needs clip_model and text_encoder: clip (image and text in one space)")
+        align_enc = ClipPatchEncoder(clip)
+    d, o = cfg["data"], cfg["optim"]
+    gt_dir = d.get("gt_dir")
+    if gt_dir and rank == 0:
+        load_samples(d.get("dataroot"), d.get("annotations"), d.get("tokens"), spec, d["image_scale"], gt_dir,
+                     d.get("gt_pixel_stride", 16))  # build the GT cache once
+    if world > 1:
+        dist.barrier()
+    samples = load_samples(d.get("dataroot"), d.get("annotations"), d.get("tokens"), spec, d["image_scale"],
+                           gt_dir, d.get("gt_pixel_stride", 16))
+    sampler = None
+    if cfg.get("noise", {}).get("enabled", True):
+        sampler = NoiseSampler(text, dictionary_words(), bank.emb, cfg["noise"].get("threshold", 0.8),
+                               seed=cfg.get("seed", 0) * 1000 + rank)
+    opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+    step = 0
+    if resume and (ck := latest_checkpoint(out)) is not None:
+        step = int(load_checkpoint(ck, model, opt)["step"])
+    ddp = model
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    meta = {"config": cfg, "vocabulary": vocab, "embed_dim": text.dim, "text_encoder": text.name,
+            "grid": {"lower": spec.lower, "upper": spec.upper, "voxel_size": spec.voxel_size}}
+    log_path = out / "log.jsonl"
+    rng = np.random.default_rng(cfg.get("seed", 0) + 7919 * rank)
+    n_noise = cfg.get("noise", {}).get("count") or len(bank.token_cat)
+    from tqdm import tqdm
+
+    bar = tqdm(total=o["steps"], initial=step, desc="train_ago", disable=not progress or rank != 0)
+    losses = {}
+    while step < o["steps"]:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, o)
+        # each rank draws its own samples (DistributedSampler-equivalent for a handful of frames)
+        idx = rng.choice(len(samples), size=o["batch_size"], replace=len(samples) < o["batch_size"])
+        batch = collate([samples[i] for i in idx], label_map)
+        noise = sampler.sample(n_noise)[1] if sampler is not None else None
+        outputs = ddp(batch["images"], batch["geoms"], bank, noise, batch["depth"])
+        loss = ago_losses(batch, outputs, bank, align_enc, extra_losses, model)
+        opt.zero_grad(set_to_none=True)
+        loss["total"].backward()
+        if o.get("grad_clip"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"])
+        opt.step()
+        step += 1
+        losses = {k: float(v.detach()) for k, v in loss.items()}
+        if world > 1:
+            t = torch.tensor([losses[k] for k in sorted(losses)])
+            dist.all_reduce(t)
+            losses = {k: float(v) / world for k, v in zip(sorted(losses), t)}
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses['total']:.3f}")
+        if rank == 0:
+            if step % cfg.get("log_every", 10) == 0 or step == o["steps"]:
+                with log_path.open("a") as f:
+                    f.write(json.dumps({"step": step, "lr": lr_at(step - 1, o), **losses}) + "\n")
+            if step % cfg.get("checkpoint_every", 50) == 0 or step == o["steps"]:
+                save_checkpoint(out, step, model, opt, meta)
+    bar.close()
+    if rank == 0:
+        text.save()
+    if world > 1:
+        dist.barrier()
+    return {"step": step, "losses": losses, "log": str(log_path), "checkpoint": str(latest_checkpoint(out))}
+
+
+@torch.no_grad()
+def evaluate(model, samples, bank, label_map, identifier: str | None = "entropy") -> OccConfusion:
+    """Confusion of a model's predictions (training-label space mapped back to Occ3D labels for the
+    closed vocabulary) over samples, inside ``mask_camera``."""
+    conf = OccConfusion()
+    model.eval()
+    for s in samples:
+        b = collate([s], label_map)
+        pred = model.predict(b["images"], b["geoms"], bank, b["depth"], identifier)["labels"][0]
+        conf.update(pred.numpy(), s.semantics.numpy(), s.mask_camera.numpy())
+    model.train()
+    return conf
+
+
+def main(argv=None) -> int:
+    """CLI entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(REPO / "config" / "ago_train.yaml"))
+    ap.add_argument("--set", nargs="*", default=[], help="overrides key.sub=value")
+    ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--eval", action="store_true", help="print the Occ3D table on the training samples after")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+        result = train(cfg, resume=not args.no_resume)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        print(json.dumps(result))
+        if args.eval and cfg.get("vocabulary", "closed") == "closed":
+            ccfg, text, vocab, bank, lm, spec, clip, model = build_everything(cfg)
+            load_checkpoint(result["checkpoint"], model)
+            d = cfg["data"]
+            samples = load_samples(d.get("dataroot"), d.get("annotations"), d.get("tokens"), spec,
+                                   d["image_scale"], d.get("gt_dir"))
+            print(occ3d_table(evaluate(model, samples, bank, lm).matrix, ccfg).format())
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
