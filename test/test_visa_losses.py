@@ -174,6 +174,18 @@ def test_zero_weight_gives_zero_loss_and_zero_gradient():
     assert torch.count_nonzero(logits3.grad) == 0
 
 
+def test_other_label_orders_via_k_obj_index():
+    logits, tg = _random_problem()
+    tg = tg.to(dtype=torch.float64)
+    perm = torch.randperm(C, generator=torch.Generator().manual_seed(3))
+    # Column j of the permuted logits is original class perm[j]; K_obj class k sits where perm == k+1.
+    cols = [int(torch.nonzero(perm == k).item()) for k in range(1, 11)]
+    a = visa_loss(logits, tg)
+    b = visa_loss(logits[:, perm], tg, k_obj_index=cols)
+    for k in ("tax", "attr", "graph"):
+        assert b[k].item() == pytest.approx(a[k].item(), rel=1e-12)
+
+
 def test_ramp_and_total_combination():
     assert [ramp(e) for e in (0.0, 0.5, 1.0, 2.0, 5.0)] == [0.0, 0.25, 0.5, 1.0, 1.0]
     logits, tg = _random_problem()

@@ -87,13 +87,21 @@ class VisaTerm:
     Args:
         config: the ``losses`` section of ``config/visa.yaml`` (or a :class:`VisaLossConfig`).
         seed: seed of the graph-edge subsampling generator.
+        k_obj_index: logits columns of the 10 K_obj classes (default Occ3D ids 1..10).
     """
 
-    def __init__(self, config: dict | VisaLossConfig | None = None, seed: int = 0) -> None:
+    def __init__(self, config: dict | VisaLossConfig | None = None, seed: int = 0,
+                 k_obj_index=None) -> None:
+        from .taxonomy import K_OBJ_OCC3D_INDEX
+
         self.cfg = config if isinstance(config, VisaLossConfig) else VisaLossConfig.from_dict(config)
         self.generator = torch.Generator().manual_seed(seed)
+        self.k_obj_index = tuple(k_obj_index) if k_obj_index is not None else K_OBJ_OCC3D_INDEX
+        if len(self.k_obj_index) != 10:
+            raise ValueError(f"k_obj_index needs the 10 K_obj columns, got {self.k_obj_index}")
 
     def __call__(self, logits: torch.Tensor, targets: AuditTargets, epoch: float | None) -> dict:
         """VISA terms for 5-D logits [B, C, X, Y, Z] (indexed in place) or flattened (N, C);
         see :func:`.losses.visa_loss`."""
-        return visa_loss(logits, targets.to(logits.device), self.cfg, epoch, generator=self.generator)
+        return visa_loss(logits, targets.to(logits.device), self.cfg, epoch, generator=self.generator,
+                         k_obj_index=self.k_obj_index)

@@ -332,7 +332,8 @@ class VisaLossConfig:
 
 def visa_loss(logits: torch.Tensor, targets: AuditTargets, cfg: VisaLossConfig = VisaLossConfig(),
               epoch: float | None = None, edges: GraphEdges | None = None,
-              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+              generator: torch.Generator | None = None,
+              k_obj_index=K_OBJ_OCC3D_INDEX) -> dict[str, torch.Tensor]:
     """The VISA terms for one batch of logits.
 
     Args:
@@ -342,12 +343,15 @@ def visa_loss(logits: torch.Tensor, targets: AuditTargets, cfg: VisaLossConfig =
         cfg: hyper-parameters.
         epoch: training progress in epochs for the λ ramp (``None``: no ramp).
         edges: precomputed graph edges (default: :func:`graph_edges` with ``generator``).
+        k_obj_index: the logits columns of the 10 K_obj classes in ``taxonomy.K_OBJ`` order
+            (default Occ3D ids 1..10; a model with another label order, e.g. an open-vocabulary
+            head, passes its own).
 
     Returns:
         ``{"total", "tax", "attr", "graph"}`` 0-dim tensors; ``total`` = Σ ramp·λ·term (add it
         to the backbone's unchanged L_occ).
     """
-    pbar = pooled_probabilities(logits, targets.voxel_index)
+    pbar = pooled_probabilities(logits, targets.voxel_index, k_obj_index)
     tax = taxonomy_loss(pbar, targets, cfg.alpha, cfg.beta)
     attr = attribute_loss(pbar, targets)
     if edges is None:
