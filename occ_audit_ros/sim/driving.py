@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import conventions
 from ..geometry import invert_transform, make_transform, transform_points
-from .primitives import Primitive, RayScene, SceneObject
+from .primitives import Primitive, RayScene, SceneObject, camera_rays
 
 __all__ = ["OCC3D_CLASSES", "FREE", "THINGS", "DrivingWorld", "build_world", "simulate_sample",
            "occ3d_semantics", "thing_parts", "Track",
@@ -154,7 +154,7 @@ class DrivingWorld:
         """(4, 4) ego pose at time ``t`` (base_link on the road surface, heading +x)."""
         return _pose(self.ego_speed * t, self.ego_y, 0.0, 0.0)
 
-    def objects(self, t: float, rng_colors: np.random.Generator | None = None) -> list[SceneObject]:
+    def objects(self, t: float) -> list[SceneObject]:
         """All objects at time ``t``: static ones, then one per track (instance id = position)."""
         out = [SceneObject(i, o.category, o.primitives, o.label, o.shape, o.color, o.attrs)
                for i, o in enumerate(self.static)]
@@ -462,8 +462,6 @@ def simulate_sample(world: DrivingWorld, t: float, rig: dict, cfg: dict,
         T_map_cam = T_map_base @ cam["T_base_cam"]
         depth, inst, normal, _ = scene.render(cam["K"], T_map_cam, cam["width"], cam["height"])
         images[ch] = _shade(objects, inst, normal, light, r["ambient"], r["sky"], r["noise_std"], rng)
-        from .primitives import camera_rays
-
         o, d = camera_rays(cam["K"], T_map_cam, cam["width"], cam["height"])
         sub = (slice(None, None, stride), slice(None, None, stride))
         _mark_rays(mask_cam, o[sub].reshape(-1, 3).astype(np.float64),

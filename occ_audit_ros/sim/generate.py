@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scenes", type=int, required=True, help="scenes (driving: sequences)")
     parser.add_argument("--seed", type=int, default=None, help="dataset seed (default: config)")
     parser.add_argument("--config", type=Path, default=None,
-                        help="YAML config (default: config/sim_<kind>.yaml)")
+                        help="YAML overrides merged over config/sim_<kind>.yaml")
     parser.add_argument("--shard", default=None, help="process i of n as i/n (default: torchrun "
                         "RANK/WORLD_SIZE, else 0/1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -122,8 +122,10 @@ def main(argv=None) -> int:
         if args.scenes < 1:
             raise ValueError("--scenes must be >= 1")
         shard = parse_shard(args.shard)
-        cfg_path = args.config or paths.resource(f"config/sim_{args.kind}.yaml")
-        cfg = load_config(cfg_path)
+        # The packaged YAML holds every key; a user config only needs the keys it changes.
+        cfg = load_config(paths.resource(f"config/sim_{args.kind}.yaml"))
+        if args.config is not None:
+            cfg = load_config(args.config, defaults=cfg)
         seed = int(cfg.get("seed", 0) if args.seed is None else args.seed)
         cfg["seed"] = seed
         if args.kind == "indoor":
@@ -136,6 +138,9 @@ def main(argv=None) -> int:
                                      progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError) as exc:
+        print(f"{parser.prog}: error: bad config value or type: {exc!r}", file=sys.stderr)
         return 1
     done = stats["written"]
     unit = "shard(s)" if args.kind == "indoor" else "sequence(s)"

@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from ..geometry import make_transform
-from .primitives import RayScene, SceneObject, look_at
+from .primitives import Primitive, RayScene, SceneObject, look_at
 from .relations import vool_descriptions
 from .relevancy_sim import simulate_relevancy
 from .shapes import Shape, build_shape
@@ -127,16 +127,14 @@ def build_indoor_objects(cfg: dict, vocab: Vocabulary, rng: np.random.Generator)
     def rint(lohi) -> int:
         return int(rng.integers(int(lohi[0]), int(lohi[1]) + 1))
 
-    def add(spec_name, category, label, shape_name, prims, **attrs) -> SceneObject:
+    def add(category, label, shape_name, prims, **attrs) -> SceneObject:
         color = np.clip(class_color(category) + rng.normal(0, jitter, 3), 0, 1)
         obj = SceneObject(len(objects), category, prims, label, shape_name, color, attrs)
         objects.append(obj)
         return obj
 
     # Floor (top at z = 0, 10 cm thick so it fills the workspace's bottom slab) and walls.
-    from .primitives import Primitive
-
-    add("floor", "floor", "floor", "box",
+    add("floor", "floor", "box",
         [Primitive("box", (8.0, 8.0, 0.1), _yaw_T(0, 0, -0.05, 0))], role="structure")
     sides = rng.permutation(4)[: rint(lay["walls"])]
     for side in sorted(int(v) for v in sides):
@@ -144,7 +142,7 @@ def build_indoor_objects(cfg: dict, vocab: Vocabulary, rng: np.random.Generator)
         n_out = np.array([math.cos(ang), math.sin(ang)])
         d = rng.uniform(*lay["wall_distance"])
         centre = n_out * (d + 0.05)
-        add("wall", "wall", "wall", "box",
+        add("wall", "wall", "box",
             [Primitive("box", (0.1, 8.0, 2.6), _yaw_T(centre[0], centre[1], 1.3, ang))],
             role="structure", normal=(-n_out).tolist())
 
@@ -170,7 +168,7 @@ def build_indoor_objects(cfg: dict, vocab: Vocabulary, rng: np.random.Generator)
                  "top": None if shape.top is None else surface.z + shape.top}
         attrs[surface.kind] = surface.owner
         attrs.update(extra_attrs or {})
-        obj = add(spec.name, spec.name, label, spec.shape, shape.primitives(T), **attrs)
+        obj = add(spec.name, label, spec.shape, shape.primitives(T), **attrs)
         obj.attrs["shape_data"] = shape
         obj.attrs["pose"] = T
         return obj
@@ -188,7 +186,8 @@ def build_indoor_objects(cfg: dict, vocab: Vocabulary, rng: np.random.Generator)
             tables.append(obj)
     surfaces = []
     for t in tables:
-        hx, hy = t.attrs["shape_data"].top_half
+        sd = t.attrs["shape_data"]
+        hx, hy = sd.top_half or (sd.radius / np.sqrt(2),) * 2
         surfaces.append(_Surface(t.instance_id, t.attrs["pose"][:2, 3], (hx - 0.02, hy - 0.02),
                                  t.attrs["yaw"], t.attrs["top"], "on"))
 
@@ -235,14 +234,12 @@ def build_indoor_objects(cfg: dict, vocab: Vocabulary, rng: np.random.Generator)
         if not supports:
             break
         base = supports[rng.integers(len(supports))]
-        bs = base.attrs["shape_data"]
         lo, hi = base.aabb()
         top = _Surface(base.instance_id, 0.5 * (lo[:2] + hi[:2]),
                        0.5 * (hi[:2] - lo[:2]) * 0.7, 0.0, base.attrs["top"], "on")
         spec = pick("table")
         if spec is not None:
             place_on(top, spec, make(spec))
-        del bs
     for o in objects:  # placement-only data is not metadata
         o.attrs.pop("shape_data", None)
         o.attrs.pop("pose", None)

@@ -29,6 +29,8 @@ class Shape:
         height: top of the object above its base (m).
         top: height (m) of a flat top others can rest on, or None.
         interior: ``(half_x, half_y, floor_z)`` of an open container's inner space (m), or None.
+        top_half: ``(half_x, half_y)`` of the flat top's usable area (m), or None (then a square
+            inscribed in the footprint is used).
     """
 
     parts: list = field(default_factory=list)
@@ -36,6 +38,7 @@ class Shape:
     height: float = 0.0
     top: float | None = None
     interior: tuple[float, float, float] | None = None
+    top_half: tuple[float, float] | None = None
 
     def primitives(self, T_world_obj) -> list[Primitive]:
         """The parts posed in ``world`` by the object pose ``T_world_obj`` (4, 4)."""
@@ -183,9 +186,7 @@ def _table(rng, s):  # s is the height; top is larger than tall
         for cy in (-1, 1):
             parts.append(("box", (leg, leg, s - t),
                           _T(x=cx * (sx / 2 - 2 * leg), y=cy * (sy / 2 - 2 * leg), z=(s - t) / 2)))
-    shape = Shape(parts, 0.5 * np.hypot(sx, sy), s, top=s)
-    shape.top_half = (sx / 2, sy / 2)  # support area (for placing objects on the table)
-    return shape
+    return Shape(parts, 0.5 * np.hypot(sx, sy), s, top=s, top_half=(sx / 2, sy / 2))
 
 
 def _chair(rng, s):  # s is the back height
