@@ -546,10 +546,19 @@ class RelevancyExtractor:
         g = self.clip.grid_size
         return cam[:, :, 1:].reshape(n, num_labels, g, g)
 
-    def window_relevancy(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """(N, 3, t, t) RGB crops in [0, 1] -> (N, K, g, g) float32 relevancy, flip-averaged when
-        ``config.flip`` (the mirrored crops run in the same batch)."""
-        pixel_values = self.preprocess(crops)
+    def window_relevancy(self, crops: torch.Tensor | Sequence[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        """RGB crops in [0, 1] -> (N, K, g, g) float32 relevancy, flip-averaged when ``config.flip``
+        (the mirrored crops run in the same batch).
+
+        Args:
+            crops: (N, 3, t, t) tensor, or a sequence of N (3, t, t) tensors (views into the image are
+                fine: each is resized to the CLIP input on its own, without stacking full-size crops).
+            text: (K, P) text embeddings.
+        """
+        if isinstance(crops, torch.Tensor):
+            pixel_values = self.preprocess(crops)
+        else:
+            pixel_values = torch.cat([self.preprocess(c[None]) for c in crops])
         n = pixel_values.shape[0]
         if not self.config.flip:
             return self.crop_relevancy(pixel_values, text)
@@ -626,23 +635,30 @@ class RelevancyExtractor:
         out_h, out_w = math.ceil(height / s), math.ceil(width / s)
         num_labels = text.shape[0]
         batch_size = cfg.batch_size or self.auto_batch_size(num_labels)
-        acc_dtype = torch.float16 if cfg.accumulate_dtype == "float16" else torch.float32
+        half = cfg.accumulate_dtype == "float16"
+        copies = len(images)
         total = torch.zeros(num_labels, out_h, out_w, device=device)
         for tile, _stride, windows in scales:
-            acc = torch.zeros(num_labels, out_h, out_w, device=device, dtype=acc_dtype)
+            # All window maps of this scale first ((copies x windows, K, g, g): small), then accumulation.
+            items = [(a, y, x) for a in range(copies) for y, x in windows]  # the reference's order
+            rel = torch.cat([self.window_relevancy([images[a][:, y:y + tile, x:x + tile] for a, y, x in
+                                                    items[i:i + batch_size]], text)
+                             for i in range(0, len(items), batch_size)]) if items else None
+            acc = torch.zeros(num_labels, out_h, out_w, device=device, dtype=torch.float16 if half else torch.float32)
             count = torch.full((1, out_h, out_w), float(cfg.count_epsilon), device=device)
-            items = [(a, y, x) for a in range(len(images)) for y, x in windows]  # the reference's order
-            for start in range(0, len(items), batch_size):
-                batch = items[start:start + batch_size]
-                crops = torch.stack([images[a][:, y:y + tile, x:x + tile] for a, y, x in batch])
-                rel = self.window_relevancy(crops, text)
-                for (_, y, x), crop_rel in zip(batch, rel):
+            if rel is not None:
+                rel = rel.view(copies, len(windows), num_labels, rel.shape[-2], rel.shape[-1])
+                if not half:  # bilinear upsampling is linear: sum the copies' maps first (float32 only)
+                    rel = rel.sum(dim=0, keepdim=True)
+                for copy_maps in rel:  # float16: one rounding per copy and window, as the reference
+                    for (y, x), crop_rel in zip(windows, copy_maps):
+                        y0, x0 = y // s, x // s
+                        y1, x1 = min(out_h, -(-(y + tile) // s)), min(out_w, -(-(x + tile) // s))
+                        acc[:, y0:y1, x0:x1] += F.interpolate(crop_rel[None], size=(y1 - y0, x1 - x0),
+                                                              mode="bilinear", align_corners=False)[0]
+                for y, x in windows:
                     y0, x0 = y // s, x // s
-                    y1, x1 = min(out_h, -(-(y + tile) // s)), min(out_w, -(-(x + tile) // s))
-                    up = F.interpolate(crop_rel[None], size=(y1 - y0, x1 - x0), mode="bilinear",
-                                       align_corners=False)[0]
-                    acc[:, y0:y1, x0:x1] += up
-                    count[:, y0:y1, x0:x1] += 1.0
+                    count[:, y0:min(out_h, -(-(y + tile) // s)), x0:min(out_w, -(-(x + tile) // s))] += copies
             if cfg.count_epsilon > 0:
                 total += acc.float() / count
             else:

@@ -151,7 +151,8 @@ def test_reference_tiling_leaves_wide_images_uncovered(tiny_clip, front_full):
     """Compat tiling on a 2:1 image: columns right of every scale's last tile are exactly zero, as in
     the reference; the default tiling covers them."""
     image = np.asarray(front_full.resize((80, 36), Image.BILINEAR))
-    cfg = dataclasses.replace(PRESETS["semabs_reference"], jitter_copies=0, flip=False)
+    cfg = dataclasses.replace(PRESETS["semabs_reference"], tile_fractions=(1, Fraction(1, 2)), jitter_copies=0,
+                              flip=False)
     right = max(x + t for t, _, wins in scale_tiles(36, 80, cfg) for _, x in wins)
     assert right == 63
     compat = RelevancyExtractor(tiny_clip, cfg)(image, LABELS[:2])
@@ -304,7 +305,8 @@ def test_presets_file(tmp_path):
     semabs = presets["semabs"]
     assert semabs.tile_fractions == (1, Fraction(2, 3), Fraction(1, 2), Fraction(1, 4))
     assert (semabs.flip, semabs.jitter_copies, semabs.scale) == (True, 5, 50.0)
-    assert presets["semabs_reference"] == dataclasses.replace(semabs, compat_reference_tiling=True)
+    assert presets["semabs_reference"] == dataclasses.replace(semabs, compat_reference_tiling=True,
+                                                              accumulate_dtype="float16", count_epsilon=1e-5)
     over = RelevancyConfig.from_preset("fast", output_stride=2, prompt_template="a {} here")
     assert over.output_stride == 2 and over.prompt_template == "a {} here"
     with pytest.raises(KeyError, match="available"):
