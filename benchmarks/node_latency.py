@@ -7,14 +7,17 @@
    waits for the node's output, so the figures are per keyframe without queueing. Per-stage seconds
    (queue, convert + TF, relevancy, back-projection, fusion, publish, end to end) are the node's
    own (also on /diagnostics); RSS is sampled after ``--warmup`` keyframes and at the end.
-2. Fuzz: ``--fuzz`` malformed items (about 2.9 messages each) into a one-camera node with the tiny
+2. Soak: ``--soak`` messages of small synthetic one-camera frames (tiny model) sent faster than the
+   worker; RSS after a quarter of the run vs the end (the keyframe replay of part 1 also reports its
+   RSS, over fewer messages at the ViT-B/32 cost).
+3. Fuzz: ``--fuzz`` malformed items (about 2.9 messages each) into a one-camera node with the tiny
    model, then a valid frame must be answered (occ_audit_ros.nodes.node_checks).
 
 CLIP weights are the ViT-B/32 layout with random values by default: the cost is that of the real model.
 
-    .venv/bin/python benchmarks/node_latency.py [--clip-model random] [--keyframes 45] [--fuzz 1000]
+    .venv/bin/python benchmarks/node_latency.py [--clip-model random] [--keyframes 12] [--soak 1200] [--fuzz 1000]
 
-Last line: ``RESULT keyframe_s_cpu=<mean end-to-end s> rss_growth_pct=<%> ...``.
+Last line: ``RESULT keyframe_s_cpu=<mean end-to-end s> rss_growth_pct=<soak %> ...``.
 """
 
 from __future__ import annotations
@@ -155,13 +158,13 @@ def latency_and_soak(args) -> dict:
             "device": clip.device.type, "rss_mib": rss_end / 2**20}
 
 
-def fuzz(args) -> dict:
-    """Part 2 (see module docstring); returns the figures."""
+def _small_node_run(fn):
+    """Run ``fn(node, driver, good)`` with a one-camera tiny-model node and an input driver."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from occ_audit_ros.nodes.node_checks import InputDriver, run_fuzz, synthetic_frame, wait_until
+    from occ_audit_ros.nodes.node_checks import InputDriver, synthetic_frame
     from occ_audit_ros.nodes.perception_node import PerceptionNode
 
     rclpy.init()
@@ -177,6 +180,36 @@ def fuzz(args) -> dict:
         good = synthetic_frame()
         driver.send({"tf_static": good.tf_static})
         driver.wait_for_subscribers()
+        return fn(node, driver, good)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        driver.destroy_node()
+        rclpy.try_shutdown()
+
+
+def soak(args) -> dict:
+    """Part 2 (see module docstring); returns the figures."""
+    from occ_audit_ros.nodes.node_checks import run_soak
+
+    def body(node, driver, good):
+        r = run_soak(node, driver, good, args.soak)
+        c = r["counters"]
+        ok = c["received_sets"] == c["processed"] + c["dropped"] + c["skipped"]
+        print(f"soak: {r['messages']} messages ({r['arrived']} arrived) in {r['seconds']:.1f} s; counters {c}; "
+              f"accounting received = processed + dropped + skipped: {ok}")
+        print(f"  RSS after warm-up {r['rss_warm'] / 2**20:.1f} MiB, end {r['rss_end'] / 2**20:.1f} MiB: "
+              f"{100 * r['growth']:+.2f} % (goal within ±5 %)")
+        return {"soak_msgs": r["messages"], "soak_growth_pct": 100 * r["growth"]}
+
+    return _small_node_run(body)
+
+
+def fuzz(args) -> dict:
+    """Part 3 (see module docstring); returns the figures."""
+    from occ_audit_ros.nodes.node_checks import run_fuzz, wait_until
+
+    def body(node, driver, good):
         stats = run_fuzz(node, driver, good, args.fuzz, seed=2)
         before = node.counters["processed"]
         answered = False
@@ -189,15 +222,13 @@ def fuzz(args) -> dict:
         suppressed = sum(c[1] for c in node.warn_counts.values())
         print(f"fuzz: {stats['items']} malformed items, {stats['messages']} messages in {stats['seconds']:.1f} s; "
               f"kinds {stats['kinds']}")
-        print(f"  counters {node.counters}; warnings logged {logged} (per kind {dict((k, c[0]) for k, c in node.warn_counts.items())}), "
-              f"suppressed {suppressed} (warn_period_s 1.0); valid frame answered afterwards: {answered}")
+        print(f"  counters {node.counters}; warnings logged {logged} "
+              f"(per kind {dict((k, c[0]) for k, c in node.warn_counts.items())}), suppressed {suppressed} "
+              f"(warn_period_s 1.0); valid frame answered afterwards: {answered}")
         return {"fuzz_msgs": stats["messages"], "fuzz_answered": answered, "warnings_logged": logged,
                 "warnings_suppressed": suppressed}
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        driver.destroy_node()
-        rclpy.try_shutdown()
+
+    return _small_node_run(body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,18 +237,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--labels", type=int, default=10)
     p.add_argument("--preset", default="auto", help="relevancy preset; auto = 'fast' when available, else ''")
-    p.add_argument("--keyframes", type=int, default=45, help="passes over the keyframe (>= 1,000 messages at 45)")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--keyframes", type=int, default=12, help="passes over the keyframe (25 messages each)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--soak", type=int, default=1200, help="soak messages (0 = skip)")
     p.add_argument("--fuzz", type=int, default=1000, help="malformed items (0 = skip the fuzz part)")
     args = p.parse_args(argv)
     print(f"1-min load {os.getloadavg()[0]:.2f} at start, {os.cpu_count()} CPUs", flush=True)
-    lat = latency_and_soak(args)
+    lat = latency_and_soak(args) if args.keyframes else {}
+    print(f"1-min load {os.getloadavg()[0]:.2f} after the latency part", flush=True)
+    sk = soak(args) if args.soak else {}
     fz = fuzz(args) if args.fuzz else {}
     print(f"1-min load {os.getloadavg()[0]:.2f} at the end")
-    extra = (f" fuzz_msgs={fz['fuzz_msgs']} fuzz_answered={int(fz['fuzz_answered'])} "
-             f"fuzz_warnings_logged={fz['warnings_logged']}") if fz else ""
-    print(f"RESULT keyframe_s_{lat['device']}={lat['keyframe_s']:.3f} rss_growth_pct={lat['rss_growth_pct']:.2f} "
-          f"soak_msgs={lat['messages']}{extra}")
+    fields = []
+    if lat:
+        fields.append(f"keyframe_s_{lat['device']}={lat['keyframe_s']:.3f}")
+    if sk:
+        fields.append(f"rss_growth_pct={sk['soak_growth_pct']:.2f} soak_msgs={sk['soak_msgs']}")
+    if lat:
+        fields.append(f"keyframe_rss_growth_pct={lat['rss_growth_pct']:.2f} keyframe_msgs={lat['messages']}")
+    if fz:
+        fields.append(f"fuzz_msgs={fz['fuzz_msgs']} fuzz_answered={int(fz['fuzz_answered'])} "
+                      f"fuzz_warnings_logged={fz['warnings_logged']}")
+    print("RESULT " + " ".join(fields))
     return 0
 
 

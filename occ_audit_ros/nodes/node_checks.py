@@ -229,3 +229,40 @@ def run_fuzz(node, driver: InputDriver, good: Frame, n_items: int, seed: int = 1
         wait_until(lambda: sum(node.stream_counts.values()) >= arrived + n_cam, 0.5, 0.001)
         wait_until(lambda: node._pending is None, 1.0, 0.001)
     return {"items": n_items, "messages": driver.sent - sent_before, "seconds": time.monotonic() - t0, "kinds": kinds}
+
+
+def run_soak(node, driver: InputDriver, good: Frame, n_msgs: int, pace_s: float = 0.03,
+             warm_fraction: float = 0.25) -> dict:
+    """Replay ``n_msgs`` messages (valid frames, 3 messages each, stamps 100 ms apart) into ``node``.
+
+    Frames are sent every ``pace_s`` seconds, faster than the worker, so the queue of one drops
+    some. RSS is sampled (after ``gc.collect``) once ``warm_fraction`` of the frames were sent and
+    the worker is idle, and again at the end once deliveries stopped and the worker is idle.
+
+    Returns:
+        ``{"messages", "arrived", "rss_warm", "rss_end", "growth" (fraction), "seconds", "counters"}``.
+    """
+    import gc
+
+    n_frames = n_msgs // 3
+    warm = int(n_frames * warm_fraction)
+    rss_warm = None
+    t0 = time.monotonic()
+    for i in range(n_frames):
+        driver.send_frame(good.restamped(1_000_000_000 + i * 100_000_000))
+        time.sleep(pace_s)
+        if i == warm:
+            wait_until(lambda: node._pending is None, 60.0)
+            gc.collect()
+            rss_warm = rss_bytes()
+    last = -1
+    while sum(node.stream_counts.values()) != last:  # until deliveries stop (best effort may lose some)
+        last = sum(node.stream_counts.values())
+        time.sleep(0.5)
+    wait_until(lambda: node._pending is None, 60.0)
+    time.sleep(0.3)
+    gc.collect()
+    rss_end = rss_bytes()
+    return {"messages": 3 * n_frames, "arrived": sum(node.stream_counts.values()), "rss_warm": rss_warm,
+            "rss_end": rss_end, "growth": (rss_end - rss_warm) / rss_warm, "seconds": time.monotonic() - t0,
+            "counters": dict(node.counters)}
