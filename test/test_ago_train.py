@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,6 +52,19 @@ def test_train_resume_and_extra_loss(tmp_path):
     opt = torch.optim.AdamW(model.parameters())
     load_checkpoint(latest_checkpoint(tmp_path), model, opt)
     assert opt.state_dict()["state"][0]["step"].item() == 5
+    # the node's interface on the real keyframe, with a vocabulary queried at run time
+    from occ_audit_ros.ago.infer import AgoPredictor
+    from occ_audit_ros.nuscenes_io import load_keyframe
+
+    pred = AgoPredictor.from_checkpoint(tmp_path)
+    assert pred.bank.names[4] == "car" and pred.random_weights
+    pred.set_vocabulary(["car", "fire hydrant", "shopping cart"])
+    res = pred.predict_keyframe(load_keyframe())
+    assert res.labels.shape == (25, 25, 2) and res.probs.shape == (25, 25, 2, 4)
+    assert res.voxels.labels == ["car", "fire hydrant", "shopping cart"] and res.voxels.frame_id == "base_link"
+    assert (res.voxels.label_ids < 3).all() and len(res.voxels.indices) == (res.labels != 3).sum()
+    with pytest.raises(ValueError, match="must match"):
+        pred.predict([np.zeros((9, 16, 3), np.uint8)], [], [])
     with pytest.raises(ValueError, match="align.enabled"):
         train_ago.train(_cfg(tmp_path / "x", ["align.enabled=true"]), progress=False)
 
