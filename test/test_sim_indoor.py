@@ -143,6 +143,8 @@ def test_scene_ground_truth_is_consistent(cfg):
     assert out["relevancy"].shape[1] >= len(view["relevancy_labels"])
     vis = {objs[i]["label"] for i, c in enumerate(view["visible_pixels"]) if c > 0}
     assert vis <= set(view["relevancy_labels"])
+    assert {d[k] for d in view["descriptions"] for k in ("target", "reference")} <= set(
+        view["relevancy_labels"])
 
 
 @pytest.mark.parametrize("split", ["train", "novel_synonym", "novel_class", "novel_shape"])

@@ -352,7 +352,10 @@ def generate_indoor_scene(cfg: dict, vocab: Vocabulary, rng: np.random.Generator
             vg[d] = occ_grid[list(desc.positives)].any(axis=0)
             vp[d] = occ_pts[list(desc.positives)].any(axis=0)
         visible = np.bincount(inst[inst >= 0].ravel(), minlength=len(objects))
-        labels = sorted({objects[i].label for i in np.flatnonzero(visible)})
+        # Queried set: visible objects' labels and every description's target / reference (VOOL
+        # targets may be hidden), plus absent distractor classes.
+        labels = sorted({objects[i].label for i in np.flatnonzero(visible)}
+                        | {t for d in descs for t in (d.target, d.reference)})
         absent = [t for t in vocab_labels if t not in all_labels]
         k = min(int(rel_cfg.get("distractor_labels", 0)), len(absent))
         labels += [absent[i] for i in sorted(rng.choice(len(absent), size=k, replace=False))]
