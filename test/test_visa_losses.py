@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from occ_audit_ros.visa.losses import (AuditTargets, GraphEdges, VisaLossConfig, attribute_loss,
+from occ_audit_ros.visa.losses import (AuditTargets, VisaLossConfig, attribute_loss,
                                        attribute_scores, graph_edges, graph_loss,
                                        pooled_probabilities, ramp, taxonomy_loss, visa_loss,
                                        vlm_distribution)

@@ -1,7 +1,6 @@
 """VISA propagation along tracks: real Lyft tables (instance tokens, prev/next) and weights."""
 
 import copy
-import json
 
 import pytest
 

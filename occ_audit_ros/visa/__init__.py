@@ -17,4 +17,6 @@ node, and it adds loss terms on a model's logits without touching the model (see
 - :mod:`.propagation` — tracks by instance token and per-frame weights.
 - :mod:`.grounding` — matched voxels of each instance (box + margin intersected with GT class).
 - :mod:`.losses` — taxonomy, attribute-factor and scene-graph losses, reliability weights, ramp.
+- :mod:`.integration` — audits + keyframe -> loss targets; the ``VisaTerm`` a trainer adds to L_occ.
+- :mod:`.generate` — the offline audit-generation CLI (``training/generate_audits.py``).
 """

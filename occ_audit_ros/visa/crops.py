@@ -15,7 +15,7 @@ rows): ``visibility_bin=None`` gives ``vis_w = 1`` and quality from truncation a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 

@@ -34,7 +34,7 @@ from .. import paths
 from .auditors import AuditRequest, SimulatedAuditor
 from .crops import keyframe_instance_token, keyframe_views, select_crop
 from .schema import QUALITIES, make_record
-from .store import AuditStore, merge_stores, read_store, write_atomic
+from .store import AuditStore, merge_stores, write_atomic
 from .taxonomy import K_OBJ, category_to_class
 
 LOG = logging.getLogger("generate_audits")

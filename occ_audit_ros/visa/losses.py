@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .propagation import FrameAudit
-from .taxonomy import ATTRIBUTES, K_OBJ, K_OBJ_OCC3D_INDEX, PARENTS, attribute_matrix, parent_matrix
+from .taxonomy import ATTRIBUTES, K_OBJ, K_OBJ_OCC3D_INDEX, attribute_matrix, parent_matrix
 
 _LOG_EPS = 1e-12
 _BCE_EPS = 1e-6
