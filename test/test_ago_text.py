@@ -59,6 +59,10 @@ def test_vocabulary_and_noise(minilm):
     names, emb = sampler.sample(12)
     assert len(set(names)) == 12 and emb.shape == (12, 384)
     assert (emb @ bank.emb.T).max() <= 0.8
+    pooled = NoiseSampler(minilm, words, bank.emb, threshold=0.8, seed=2, pool_size=64)
+    a, ea = pooled.sample(12)
+    b, _ = pooled.sample(12)
+    assert a != b and set(a + b) <= set(pooled.pool[0]) and (ea @ bank.emb.T).max() <= 0.8
     strict = NoiseSampler(minilm, ["car", "automobile", "sedan"] * 1, bank.emb, threshold=0.8)
     with pytest.raises(RuntimeError, match="could not draw"):
         strict.sample(1)

@@ -65,6 +65,15 @@ def test_train_resume_and_extra_loss(tmp_path):
     assert (res.voxels.label_ids < 3).all() and len(res.voxels.indices) == (res.labels != 3).sum()
     with pytest.raises(ValueError, match="must match"):
         pred.predict([np.zeros((9, 16, 3), np.uint8)], [], [])
+    # evaluation CLI: predict with the Occ3D vocabulary as text, then the tables
+    from occ_audit_ros.ago.occ_gt import keyframe_occupancy_gt
+    from occ_audit_ros.tools import ago_eval
+
+    assert ago_eval.main(["predict", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "pred")]) == 0
+    gt_files = list((tmp_path / "gt").glob("*.npz"))
+    assert len(gt_files) == 1 and (tmp_path / "pred" / gt_files[0].name).is_file()
+    assert ago_eval.main(["eval", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred"),
+                          "--open-world", "zeroshot"]) == 0
     with pytest.raises(ValueError, match="align.enabled"):
         train_ago.train(_cfg(tmp_path / "x", ["align.enabled=true"]), progress=False)
 

@@ -135,7 +135,7 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
     sampler = None
     if cfg.get("noise", {}).get("enabled", True):
         sampler = NoiseSampler(text, dictionary_words(), bank.emb, cfg["noise"].get("threshold", 0.8),
-                               seed=cfg.get("seed", 0) * 1000 + rank)
+                               seed=cfg.get("seed", 0) * 1000 + rank, pool_size=cfg["noise"].get("pool_size"))
     opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
     step = 0
     if resume and (ck := latest_checkpoint(out)) is not None:

@@ -94,21 +94,35 @@ class NoiseSampler:
         label_emb: (T, C) label phrase embeddings; words with cosine > ``threshold`` to any are rejected.
         threshold: rejection cosine (0.8, ``ago.md`` §8).
         seed: RNG seed (per process; vary it per rank).
+        pool_size: when set, a random pool of this many dictionary words is embedded and filtered
+            once, and every :meth:`sample` draws from it (an encoder call per step costs seconds on a
+            CPU; a 2048-word pool keeps the draw random and varied).
     """
 
     def __init__(self, encoder: TextEncoder, words, label_emb: torch.Tensor, threshold: float = 0.8,
-                 seed: int = 0):
+                 seed: int = 0, pool_size: int | None = None):
         if len(words) == 0:
             raise ValueError("noise dictionary is empty")
         self.encoder, self.words = encoder, list(words)
         self.label_emb = label_emb.float()
         self.threshold = float(threshold)
         self.rng = np.random.default_rng(seed)
+        self.pool = None
+        if pool_size:
+            cand = [self.words[i] for i in self.rng.choice(len(self.words), min(pool_size, len(self.words)), replace=False)]
+            emb = self.encoder.encode(cand)
+            ok = ((emb @ self.label_emb.T).max(dim=1).values <= self.threshold).numpy()
+            self.pool = ([w for w, k in zip(cand, ok) if k], emb[torch.from_numpy(ok)])
 
     def sample(self, n: int) -> tuple[list[str], torch.Tensor]:
         """``n`` noise words and their (n, C) float32 embeddings (n = 0 gives an empty (0, C))."""
         if n <= 0:
             return [], torch.zeros(0, self.label_emb.shape[1])
+        if self.pool is not None:
+            if len(self.pool[0]) < n:
+                raise RuntimeError(f"noise pool has {len(self.pool[0])} words below cosine {self.threshold}, need {n}")
+            idx = self.rng.choice(len(self.pool[0]), n, replace=False)
+            return [self.pool[0][i] for i in idx], self.pool[1][torch.from_numpy(idx)]
         picked, embs = [], []
         for _ in range(20):
             cand = [self.words[i] for i in self.rng.choice(len(self.words), size=2 * n, replace=False)]

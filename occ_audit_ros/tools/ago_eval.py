@@ -4,6 +4,13 @@ Usage::
 
     python -m occ_audit_ros.tools.ago_eval eval --gt GT_DIR --pred PRED_DIR [--open-world STAGE]
     python -m occ_audit_ros.tools.ago_eval rare-classes --gt GT_DIR
+    python -m occ_audit_ros.tools.ago_eval predict --checkpoint RUN_DIR --out PRED_DIR
+        [--dataroot D --annotations PKL --tokens T1 T2 ...] [--names-only] [--identifier entropy|confidence|none]
+
+``predict`` runs a trained checkpoint on nuScenes-format samples with the **Occ3D vocabulary given as
+text** (the 17 classes with their sub-category phrases from ``config/ago_classes.yaml``, or only the
+class names with ``--names-only``) and writes ``PRED_DIR/<token>.npz`` (``semantics``, labels 0-17).
+A model pre-trained on the open-world label space is thus evaluated zero-shot on the full space.
 
 Files: every ``*.npz`` under ``GT_DIR`` (Occ3D ``labels.npz`` layout: ``semantics`` uint8
 (200, 200, 16), ``mask_camera`` 0/1; 255 = unobserved is also accepted) is matched with the file of
@@ -76,6 +83,36 @@ def rare_classes(gt_dir, cfg) -> list[str]:
     return [cfg.classes[i] for i in obj if counts[i] < med]
 
 
+def predict_dir(checkpoint, out_dir, dataroot=None, annotations=None, tokens=None, names_only=False,
+                identifier: str | None = "entropy", cfg=None) -> list:
+    """Write Occ3D-label predictions of a checkpoint for nuScenes-format samples.
+
+    Returns:
+        the written paths.
+
+    Raises:
+        FileNotFoundError / ValueError: missing checkpoint or data.
+    """
+    from ..ago.infer import AgoPredictor
+    from ..nuscenes_io import load_keyframe
+
+    cfg = cfg or load_class_config()
+    pred = AgoPredictor.from_checkpoint(checkpoint, identifier=identifier)
+    pred.set_vocabulary(list(cfg.classes) if names_only else {n: cfg.phrases[n] for n in cfg.classes})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for tok in tokens or [None]:
+        kf = load_keyframe(dataroot, annotations, tok)
+        labels = pred.predict_keyframe(kf).labels.astype(np.uint8)  # free = K = 17
+        path = out / f"{kf.sample_token}.npz"
+        tmp = out / f".{kf.sample_token}.tmp.npz"
+        np.savez_compressed(tmp, semantics=labels)
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
 def main(argv=None) -> int:
     """CLI entry point; returns the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -89,9 +126,23 @@ def main(argv=None) -> int:
     rc = sub.add_parser("rare-classes", help="compute the rare object classes of a GT split")
     rc.add_argument("--gt", required=True)
     rc.add_argument("--classes", default=None)
+    pr = sub.add_parser("predict", help="write Occ3D-label predictions of a checkpoint")
+    pr.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--dataroot", default=None)
+    pr.add_argument("--annotations", default=None)
+    pr.add_argument("--tokens", nargs="*", default=None)
+    pr.add_argument("--names-only", action="store_true", help="query class names, not sub-category phrases")
+    pr.add_argument("--identifier", choices=["entropy", "confidence", "none"], default="entropy")
+    pr.add_argument("--classes", default=None)
     args = ap.parse_args(argv)
     try:
         cfg = load_class_config(args.classes)
+        if args.cmd == "predict":
+            paths = predict_dir(args.checkpoint, args.out, args.dataroot, args.annotations, args.tokens,
+                                args.names_only, None if args.identifier == "none" else args.identifier, cfg)
+            print(f"wrote {len(paths)} predictions to {args.out}")
+            return 0
         if args.cmd == "rare-classes":
             print("rare_classes:", rare_classes(args.gt, cfg))
             return 0
