@@ -14,7 +14,9 @@ redoes the torn record. When all shards are done (``N = 1``, rank 0 after a barr
 and ``report.json`` + ``confusion.png`` (agreement of the audits with the GT labels) are written.
 
 Instances come from a nuScenes keyframe (default: the embedded scene-0061 keyframe; its pickle has
-no instance tokens, so ``"<sample_token>:<box index>"`` stands in). Boxes outside K_obj are skipped.
+no instance tokens, so ``"<sample_token>:<box index>"`` stands in) or, with ``--tables ROOT
+--version V``, from a nuScenes-format table set (every annotation of every instance × every camera;
+real instance tokens and visibility bins). Instances outside K_obj are skipped.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import yaml
@@ -102,19 +106,67 @@ def keyframe_instances(keyframe) -> list[tuple[str, object, str]]:
     return sorted(out, key=lambda t: t[0])
 
 
+@dataclass
+class WorkItem:
+    """One instance to audit.
+
+    Attributes:
+        token: instance token (store key). category: annotation category. cls: its K_obj class.
+        views: () -> list of :class:`.crops.BoxView` (all annotations × cameras).
+        image: (sample_data_token) -> (H, W, 3) uint8 image of a view.
+        scene_token: nuScenes scene token when known.
+    """
+
+    token: str
+    category: str
+    cls: str
+    views: Callable[[], list]
+    image: Callable[[str], np.ndarray]
+    scene_token: str | None = None
+
+
+def keyframe_work(keyframe) -> list[WorkItem]:
+    """Work items of the K_obj boxes of one loaded keyframe (stand-in instance tokens)."""
+    by_sd = {cam.sample_data_token: cam.image for cam in keyframe.cameras.values()}
+    return [WorkItem(tok, box.category, cls, (lambda b=box: keyframe_views(keyframe, b)), by_sd.__getitem__)
+            for tok, box, cls in keyframe_instances(keyframe)]
+
+
+def tables_work(nusc) -> list[WorkItem]:
+    """Work items of every K_obj instance of a nuScenes-format table set (real instance tokens)."""
+    from .tables import instance_views, load_camera_image, table_instances
+
+    sample_of = {}
+    for ann in nusc.sample_annotation:
+        sample_of.setdefault(ann["instance_token"], ann["sample_token"])
+    items = []
+    for tok, name, cls in table_instances(nusc):
+        scene = nusc.get("sample", sample_of[tok])["scene_token"] if tok in sample_of else None
+        items.append(WorkItem(tok, name, cls, (lambda t=tok: instance_views(nusc, t)),
+                              (lambda sd: load_camera_image(nusc, sd)), scene))
+    return items
+
+
 def _shard_names(i: int, n: int) -> tuple[str, str, str]:
     return (f"audits.shard-{i}-of-{n}.jsonl", f"rejected.shard-{i}-of-{n}.jsonl",
             f"stats.shard-{i}-of-{n}.json")
 
 
-def run_shard(keyframe, auditor, out_dir: Path, shard: tuple[int, int], throttle_s: float = 0.0,
+def run_shard(work: list[WorkItem], auditor, out_dir: Path, shard: tuple[int, int], throttle_s: float = 0.0,
               limit: int | None = None, progress: bool = True) -> dict:
-    """Audit this shard's instances, appending to its store; returns this run's counters."""
+    """Audit this shard's instances (every n-th work item from i), appending to its store.
+
+    The SIMULATED auditor gets the GT class and no image (it never looks at one); real auditors
+    get the padded crop and never the GT class.
+
+    Returns:
+        This run's counters ``{"written", "rejected", "skipped_done"}``.
+    """
     from tqdm import tqdm
 
     i, n = shard
     audits_name, rejected_name, stats_name = _shard_names(i, n)
-    work = keyframe_instances(keyframe)[i::n]
+    work = work[i::n]
     if limit is not None:
         work = work[:limit]
     counts = {"written": 0, "rejected": 0, "skipped_done": 0}
@@ -122,26 +174,29 @@ def run_shard(keyframe, auditor, out_dir: Path, shard: tuple[int, int], throttle
         if store.truncated_bytes or rejected.truncated_bytes:
             LOG.warning("shard %d/%d: removed a torn last line (%d bytes) left by a killed run",
                         i, n, store.truncated_bytes + rejected.truncated_bytes)
-        for token, box, cls in tqdm(work, desc=f"audits {i}/{n}", disable=not progress, unit="inst"):
+        for item in tqdm(work, desc=f"audits {i}/{n}", disable=not progress, unit="inst"):
+            token = item.token
             if token in store or token in rejected:
                 counts["skipped_done"] += 1
                 continue
-            crop = select_crop(token, keyframe_views(keyframe, box))
+            crop = select_crop(token, item.views())
             if crop is None:
                 rejected.append({"instance_token": token, "reason": "no usable crop"})
                 counts["rejected"] += 1
                 continue
-            image = keyframe.cameras[crop.best.view.camera].image
-            is_sim = auditor.kind == "SIMULATED"
-            request = AuditRequest(token, image=crop.cut(image), quality=crop.quality,
-                                   gt_class=cls if is_sim else None)
+            if auditor.kind == "SIMULATED":
+                request = AuditRequest(token, quality=crop.quality, gt_class=item.cls)
+            else:
+                image = item.image(crop.best.view.sample_data_token)
+                request = AuditRequest(token, image=crop.cut(image), quality=crop.quality)
             answer = auditor.audit(request)
             if answer is None:
                 rejected.append({"instance_token": token, "reason": "auditor answer rejected"})
                 counts["rejected"] += 1
             else:
                 record = make_record(answer, token, auditor.describe(), crop.to_json(),
-                                     gt={"category": box.category, "class": cls})
+                                     scene_token=item.scene_token,
+                                     gt={"category": item.category, "class": item.cls})
                 store.append(record)
                 counts["written"] += 1
             if throttle_s > 0:
@@ -247,6 +302,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="CLIP / VLM directory or hub id (overrides config)")
     ap.add_argument("--dataroot", default=None, help="nuScenes root (default: embedded keyframe)")
     ap.add_argument("--annotations", default=None, help="MMDetection3D info pickle with the boxes")
+    ap.add_argument("--tables", default=None,
+                    help="instead of one keyframe: a nuScenes-format table root (nuScenes, Lyft, the "
+                         "driving simulator's output) with sample_annotation / instance tables")
+    ap.add_argument("--version", default="v1.0-test", help="table version folder under --tables")
     ap.add_argument("--shard", default=None, help="I/N: process every N-th instance from I")
     ap.add_argument("--merge", action="store_true", help="only merge the N shards of --shard ?/N and report")
     ap.add_argument("--limit", type=int, default=None, help="at most this many instances per shard")
@@ -273,14 +332,19 @@ def main(argv=None) -> int:
             return 0
         kind = args.auditor or cfg["auditor"]["kind"]
         auditor = build_auditor(kind, cfg, args.model)
-        from ..nuscenes_io import load_keyframe
+        if args.tables:
+            from .tables import open_tables
 
-        keyframe = load_keyframe(args.dataroot, args.annotations)
+            work = tables_work(open_tables(args.tables, args.version))
+        else:
+            from ..nuscenes_io import load_keyframe
+
+            work = keyframe_work(load_keyframe(args.dataroot, args.annotations))
         if world > 1:
             import torch.distributed as dist
 
             dist.init_process_group("gloo")
-        counts = run_shard(keyframe, auditor, out_dir, shard, args.throttle_s, args.limit,
+        counts = run_shard(work, auditor, out_dir, shard, args.throttle_s, args.limit,
                            progress=not args.no_progress)
         LOG.info("shard %d/%d: %s; auditor %s", shard[0], shard[1], counts, auditor.stats.as_dict())
         if world > 1:
