@@ -13,6 +13,7 @@ node, and it adds loss terms on a model's logits without touching the model (see
 - :mod:`.auditors` — the auditor interface, the SIMULATED auditor and the CLIP zero-shot auditor.
 - :mod:`.vlm_auditor` — the transformers VLM auditor (Qwen2-VL family).
 - :mod:`.crops` — crop selection per instance over its annotations and cameras.
+- :mod:`.tables` — instances and camera views from nuScenes-format tables (nuscenes-devkit).
 - :mod:`.store` — the JSONL audit store (atomic appends, resumable, sharded).
 - :mod:`.propagation` — tracks by instance token and per-frame weights.
 - :mod:`.grounding` — matched voxels of each instance (box + margin intersected with GT class).
