@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup_env.sh
-exec .venv/bin/python -m pytest -q test "$@"
+# -p no:dash: open3d pulls in dash, whose pytest plugin only adds a deprecation warning
+exec .venv/bin/python -m pytest -q -p no:dash test "$@"
