@@ -89,7 +89,9 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> dict:
 class SceneSet:
     """Deterministic scene source: scene i of a split is a pure function of (seed, split, i).
 
-    ``data.source: toy`` uses :func:`occ_audit_ros.semabs.toy.toy_scene` (test/smoke data only).
+    ``data.source: toy`` uses :func:`occ_audit_ros.semabs.toy.toy_scene` (test/smoke data only);
+    ``data.source: sim`` reads the simulator's shards from ``data.dirs[split]`` (one sample per view,
+    :mod:`occ_audit_ros.semabs.sim_data`).
     """
 
     SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
@@ -97,12 +99,21 @@ class SceneSet:
     def __init__(self, cfg: dict, split: str) -> None:
         self.cfg, self.split = cfg, split
         data = cfg["data"]
-        if data["source"] != "toy":
-            raise ValueError(f"data.source {data['source']!r} is not supported yet (only 'toy'); the simulator "
-                             "adapter is pending")
-        self.size = int(data["train_scenes"] if split == "train" else data["val_scenes"])
         self.mcfg = SemAbsConfig.from_dict(cfg["model"])
         self._cache: dict[int, dict] = {}
+        if data["source"] == "sim":
+            from occ_audit_ros.semabs.sim_data import load_sim_samples
+
+            dirs = data.get("dirs") or {}
+            if split not in dirs:
+                raise ValueError(f"data.dirs has no folder for split {split!r}")
+            samples = load_sim_samples(dirs[split], cfg["seed"], int(data.get("max_cloud_points", 20000)))
+            self._cache = dict(enumerate(samples))
+            self.size = len(samples)
+        elif data["source"] == "toy":
+            self.size = int(data["train_scenes"] if split == "train" else data["val_scenes"])
+        else:
+            raise ValueError(f"data.source must be 'toy' or 'sim', got {data['source']!r}")
 
     def __len__(self) -> int:
         return self.size
@@ -275,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         model, task, mcfg, _, _ = load_checkpoint(Path(cfg["out_dir"]) / "last.safetensors")
         res = evaluate(model, task, cfg, SceneSet(cfg, "val"))
         print(json.dumps(res, indent=1))
+        for split in cfg["eval"].get("test_splits", []):
+            print(split, json.dumps(evaluate(model, task, cfg, SceneSet(cfg, split), cutoff=res["cutoff"])))
         return 0
     summary = train(cfg)
     if _dist_info()[0] == 0 and int(os.environ.get("RANK", "0")) == 0:

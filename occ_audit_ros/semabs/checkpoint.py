@@ -65,6 +65,7 @@ def save_checkpoint(path, model: torch.nn.Module, task: str, config: SemAbsConfi
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be read by others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
