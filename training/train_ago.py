@@ -125,13 +125,16 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
         align_enc = ClipPatchEncoder(clip)
     d, o = cfg["data"], cfg["optim"]
     gt_dir = d.get("gt_dir")
-    if gt_dir and rank == 0:
-        load_samples(d.get("dataroot"), d.get("annotations"), d.get("tokens"), spec, d["image_scale"], gt_dir,
-                     d.get("gt_pixel_stride", 16))  # build the GT cache once
+
+    def _load():
+        return load_samples(d.get("dataroot"), d.get("annotations"), d.get("tokens"), spec, d["image_scale"],
+                            gt_dir, d.get("gt_pixel_stride", 16), progress=progress and rank == 0)
+
+    samples = _load() if rank == 0 else None  # rank 0 first: it writes any missing GT cache files
     if world > 1:
         dist.barrier()
-    samples = load_samples(d.get("dataroot"), d.get("annotations"), d.get("tokens"), spec, d["image_scale"],
-                           gt_dir, d.get("gt_pixel_stride", 16))
+    if samples is None:
+        samples = _load()
     sampler = None
     if cfg.get("noise", {}).get("enabled", True):
         sampler = NoiseSampler(text, dictionary_words(), bank.emb, cfg["noise"].get("threshold", 0.8),

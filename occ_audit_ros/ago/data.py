@@ -20,7 +20,7 @@ from .classes import FREE_LABEL, IGNORE_LABEL, OCC3D_CLASSES, ClassConfig
 from .network import LiftGeometry, lift_geometry
 from .occ_gt import OccupancyGT, keyframe_occupancy_gt
 
-__all__ = ["AgoSample", "sample_from_keyframe", "load_samples", "training_vocabulary", "collate"]
+__all__ = ["AgoSample", "sample_from_keyframe", "load_samples", "sample_tokens", "training_vocabulary", "collate"]
 
 
 @dataclass
@@ -88,31 +88,62 @@ def sample_from_keyframe(kf, spec: VoxelGridSpec, image_scale: float = 0.1, gt: 
                      torch.from_numpy(gt.semantics.astype(np.int64)), torch.from_numpy(gt.mask_camera.astype(bool)))
 
 
+def _find_gt(gt_dir, token: str):
+    """``gt_dir/<token>.npz`` or an Occ3D-layout ``gt_dir/**/<token>/labels.npz`` (the simulator's
+    ``gts/<scene>/<token>/labels.npz``), else None."""
+    gt_dir = Path(gt_dir)
+    flat = gt_dir / f"{token}.npz"
+    if flat.is_file():
+        return flat
+    hits = list(gt_dir.glob(f"**/{token}/labels.npz"))
+    return hits[0] if hits else None
+
+
+def sample_tokens(dataroot=None) -> list[str]:
+    """All sample tokens of a nuScenes-format dataroot, ordered by (scene, timestamp)."""
+    from .. import paths
+    from ..nuscenes_io import _open_nuscenes
+
+    nusc = _open_nuscenes(Path(dataroot) if dataroot is not None else paths.nuscenes_keyframe_dir())
+    return [s["token"] for s in sorted(nusc.sample, key=lambda s: (s["scene_token"], s["timestamp"]))]
+
+
 def load_samples(dataroot=None, annotations_pkl=None, tokens=None, spec: VoxelGridSpec | None = None,
-                 image_scale: float = 0.1, gt_dir=None, pixel_stride: int = 16) -> list[AgoSample]:
+                 image_scale: float = 0.1, gt_dir=None, pixel_stride: int = 16, progress: bool = False) -> list[AgoSample]:
     """Samples of a nuScenes-format dataroot.
 
     Args:
         dataroot, annotations_pkl: as :func:`nuscenes_io.load_keyframe` (defaults: the embedded keyframe).
-        tokens: sample tokens (None: the first sample of the table).
+        tokens: sample tokens; None = the first sample of the table; ``"all"`` = every sample.
         spec: grid (default Occ3D's).
         image_scale: image resize factor.
-        gt_dir: optional directory of ``<token>.npz`` GT files (Occ3D layout); built when missing.
+        gt_dir: optional GT directory: ``<token>.npz`` or ``**/<token>/labels.npz`` (Occ3D layout,
+            e.g. the simulator's ``gts/``); when absent, built from LiDAR + boxes and written as
+            ``<gt_dir>/<token>.npz``.
 
     Raises:
-        FileNotFoundError / ValueError: from the loader, or a GT file of another grid.
+        FileNotFoundError / ValueError: from the loader, or a GT file whose grid is not ``spec``'s.
     """
     from ..nuscenes_io import load_keyframe
     from .occ_gt import OCC3D_SPEC
 
     spec = spec or OCC3D_SPEC
+    if tokens == "all":
+        tokens = sample_tokens(dataroot)
     out = []
-    for tok in (tokens or [None]):
+    from tqdm import tqdm
+
+    for tok in tqdm(tokens or [None], desc="load samples", disable=not progress):
         kf = load_keyframe(dataroot, annotations_pkl, tok)
         gt = None
-        if gt_dir is not None and (Path(gt_dir) / f"{kf.sample_token}.npz").is_file():
-            with np.load(Path(gt_dir) / f"{kf.sample_token}.npz") as z:
-                gt = OccupancyGT(spec, z["semantics"], z.get("mask_lidar", z["mask_camera"]), z["mask_camera"])
+        found = _find_gt(gt_dir, kf.sample_token) if gt_dir is not None else None
+        if found is not None:
+            with np.load(found) as z:
+                if z["semantics"].shape != spec.dims:
+                    raise ValueError(f"GT {found} has grid {z['semantics'].shape}, expected {spec.dims} "
+                                     f"(voxel_size {spec.voxel_size} m)")
+                gt = OccupancyGT(spec, z["semantics"], z["mask_lidar"] if "mask_lidar" in z else z["mask_camera"],
+                                 z["mask_camera"])
         elif gt_dir is not None:
             gt = keyframe_occupancy_gt(kf, spec, pixel_stride)
             gt.save(Path(gt_dir) / f"{kf.sample_token}.npz")

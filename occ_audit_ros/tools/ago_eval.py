@@ -60,6 +60,8 @@ def evaluate_dirs(gt_dir, pred_dir, use_camera_mask: bool = True) -> OccConfusio
     conf = OccConfusion()
     for f in files:
         p = pred_dir / f.relative_to(gt_dir)
+        if not p.is_file() and f.name == "labels.npz":  # Occ3D / simulator layout <...>/<token>/labels.npz
+            p = pred_dir / f"{f.parent.name}.npz"
         if not p.is_file():
             raise FileNotFoundError(f"prediction {p} for GT {f} not found")
         mask = _load(f, "mask_camera") if use_camera_mask else None
@@ -102,6 +104,10 @@ def predict_dir(checkpoint, out_dir, dataroot=None, annotations=None, tokens=Non
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    if tokens == ["all"] or tokens == "all":
+        from ..ago.data import sample_tokens
+
+        tokens = sample_tokens(dataroot)
     for tok in tokens or [None]:
         kf = load_keyframe(dataroot, annotations, tok)
         labels = pred.predict_keyframe(kf).labels.astype(np.uint8)  # free = K = 17
@@ -131,7 +137,7 @@ def main(argv=None) -> int:
     pr.add_argument("--out", required=True)
     pr.add_argument("--dataroot", default=None)
     pr.add_argument("--annotations", default=None)
-    pr.add_argument("--tokens", nargs="*", default=None)
+    pr.add_argument("--tokens", nargs="*", default=None, help="sample tokens, or 'all'")
     pr.add_argument("--names-only", action="store_true", help="query class names, not sub-category phrases")
     pr.add_argument("--identifier", choices=["entropy", "confidence", "none"], default="entropy")
     pr.add_argument("--classes", default=None)
