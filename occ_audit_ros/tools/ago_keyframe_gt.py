@@ -60,13 +60,13 @@ def save_gt_bev_png(gt: OccupancyGT, boxes, path) -> Path:
         ax[0].plot(c[:, 1], c[:, 0], "k-", lw=0.6)
     ax[0].set_xlim(hi[1], lo[1])
     ax[0].set_ylim(lo[0], hi[0])
-    ax[0].set_title("GT occupancy (top label per column), GT boxes; grey = free, black = unobserved")
+    ax[0].set_title("GT occupancy (top label per column), GT boxes; grey = free, black = unobserved", fontsize=9)
     ax[0].legend(handles=[Patch(color=cmap(c % 20), label=OCC3D_CLASSES[c]) for c in present],
                  loc="lower left", fontsize=7)
     cover = gt.mask_camera.any(2)
     ax[1].imshow(cover[::-1, ::-1], extent=(hi[1], lo[1], lo[0], hi[0]), cmap="gray", interpolation="nearest")
     ax[1].set_xlim(hi[1], lo[1])
-    ax[1].set_title("mask_camera (any voxel of the column visible)")
+    ax[1].set_title("mask_camera (any voxel of the column visible)", fontsize=9)
     for a in ax:
         a.set_xlabel("y [m] (base_link, left +)")
         a.set_ylabel("x [m] (forward +)")
