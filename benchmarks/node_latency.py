@@ -64,7 +64,7 @@ def latency_and_soak(args) -> dict:
     from occ_audit_ros import conventions, paths
     from occ_audit_ros.nodes.bag_player import resolve_message_type
     from occ_audit_ros.nodes.node_checks import rss_bytes
-    from occ_audit_ros.nodes.perception_node import STAGES, PerceptionNode, sensor_qos
+    from occ_audit_ros.nodes.perception_node import PerceptionNode, sensor_qos
     from occ_audit_ros.nuscenes_io import load_keyframe
     from occ_audit_ros.params import DRIVING_LABELS, relevancy_presets
     from occ_audit_ros.tools.nuscenes_to_bag import write_keyframe_bag
@@ -126,7 +126,7 @@ def latency_and_soak(args) -> dict:
                 gc.collect()
                 rss_warm = rss_bytes()
             print(f"  keyframe {k + 1}/{args.keyframes}: end to end {node.last_result.timings_s['end_to_end']:.3f} s, "
-                  f"{sent} messages sent", flush=True)
+                  f"{sent} messages sent, RSS {rss_bytes() / 2**20:.0f} MiB", flush=True)
         gc.collect()
         rss_end = rss_bytes()
         diag = {kv.key: kv.value for kv in node.diagnostics().status[0].values}

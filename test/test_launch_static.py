@@ -12,7 +12,6 @@ import ast
 import importlib
 import re
 import textwrap
-from pathlib import Path
 
 import pytest
 import yaml

@@ -244,6 +244,10 @@ def run_soak(node, driver: InputDriver, good: Frame, n_msgs: int, pace_s: float 
     """
     import gc
 
+    def idle() -> bool:  # every complete set is accounted for: nothing waiting or in flight
+        c = node.counters
+        return node._pending is None and c["received_sets"] == c["processed"] + c["dropped"] + c["skipped"]
+
     n_frames = n_msgs // 3
     warm = int(n_frames * warm_fraction)
     rss_warm = None
@@ -252,14 +256,14 @@ def run_soak(node, driver: InputDriver, good: Frame, n_msgs: int, pace_s: float 
         driver.send_frame(good.restamped(1_000_000_000 + i * 100_000_000))
         time.sleep(pace_s)
         if i == warm:
-            wait_until(lambda: node._pending is None, 60.0)
+            wait_until(idle, 60.0)
             gc.collect()
             rss_warm = rss_bytes()
     last = -1
     while sum(node.stream_counts.values()) != last:  # until deliveries stop (best effort may lose some)
         last = sum(node.stream_counts.values())
         time.sleep(0.5)
-    wait_until(lambda: node._pending is None, 60.0)
+    wait_until(idle, 60.0)
     time.sleep(0.3)
     gc.collect()
     rss_end = rss_bytes()
