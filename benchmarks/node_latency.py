@@ -36,6 +36,16 @@ from pathlib import Path
 import torch
 
 
+def _trim() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``) so RSS shows live memory, not fragmentation."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _restamp(msg, shift_ns: int):
     from occ_audit_ros.nodes.conversions import ns_to_stamp, stamp_to_ns
 
@@ -122,12 +132,17 @@ def latency_and_soak(args) -> dict:
                 raise RuntimeError(f"keyframe {k}: no output within 300 s; counters {node.counters}")
             if k >= args.warmup:
                 stage_runs.append(dict(node.last_result.timings_s))
+            if args.trim:
+                gc.collect()
+                _trim()
             if k == args.warmup - 1 or (args.warmup == 0 and k == 0):
                 gc.collect()
                 rss_warm = rss_bytes()
             print(f"  keyframe {k + 1}/{args.keyframes}: end to end {node.last_result.timings_s['end_to_end']:.3f} s, "
                   f"{sent} messages sent, RSS {rss_bytes() / 2**20:.0f} MiB", flush=True)
         gc.collect()
+        if args.trim:
+            _trim()
         rss_end = rss_bytes()
         diag = {kv.key: kv.value for kv in node.diagnostics().status[0].values}
         counters = dict(node.counters)
@@ -240,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keyframes", type=int, default=12, help="passes over the keyframe (25 messages each)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--soak", type=int, default=1200, help="soak messages (0 = skip)")
+    p.add_argument("--trim", action="store_true",
+                   help="malloc_trim after every keyframe so that RSS tracks live memory (allocator fragmentation aside)")
     p.add_argument("--fuzz", type=int, default=1000, help="malformed items (0 = skip the fuzz part)")
     args = p.parse_args(argv)
     print(f"1-min load {os.getloadavg()[0]:.2f} at start, {os.cpu_count()} CPUs", flush=True)
