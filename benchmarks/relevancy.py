@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--labels", type=int, default=10, help="labels of the semabs and fast runs (<= 20)")
     p.add_argument("--naive-windows", type=int, default=8, help="windows timed on the naive side (x2 labels)")
+    p.add_argument("--copies-timed", type=int, default=0,
+                   help="time the batched semabs run with only this many of its 6 image copies and scale the "
+                        "time by 6 / N (said in the output); 0 = all copies (a full run)")
     p.add_argument("--autocast", default="none", choices=["none", "bfloat16", "float16"],
                    help="autocast of the batched runs (the naive side stays float32)")
     args = p.parse_args(argv)
@@ -157,6 +160,16 @@ def main(argv: list[str] | None = None) -> int:
           f"window and label ({flips} crops), timed on {len(pick)} windows x {len(naive_labels)} labels and "
           f"EXTRAPOLATED to {windows * copies} windows: {naive_per_label:.0f} s per image per label ({load()})")
 
+    # --- fast preset
+    fast = RelevancyExtractor(clip, fast_cfg)
+    labels10 = LABELS_20[:10]
+    fast(image, labels10)  # warm-up
+    fast_s, _ = timed(lambda: fast(image, labels10), device, repeats=3)
+    fast_scales = scale_tiles(height, width, fast_cfg)
+    fast_crops = sum(len(w) for _, _, w in fast_scales) * (2 if fast_cfg.flip else 1) * (1 + fast_cfg.jitter_copies)
+    print(f"fast preset, 10 labels: {fast_s:.2f} s per image ({fast_crops} CLIP crops, "
+          f"output stride {fast_cfg.output_stride}; {load()})")
+
     # --- batched semabs, full image
     ex = RelevancyExtractor(clip, semabs)
     ex.text_embeddings(labels)
@@ -174,24 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     ex.window_relevancy = counted
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    timed_copies = args.copies_timed if 0 < args.copies_timed < copies else copies
+    ex.config = dataclasses.replace(semabs, jitter_copies=timed_copies - 1)
     batched_s, maps = timed(lambda: ex(image, labels), device)
+    if timed_copies < copies:
+        print(f"batched semabs timed with {timed_copies} of {copies} image copies ({windows * timed_copies * flips} "
+              f"crops, {batched_s:.1f} s) and EXTRAPOLATED x {copies / timed_copies:.0f} (upsampling/accumulation is "
+              f"done once per window in float32, so this overstates the batched time)")
+        batched_s *= copies / timed_copies
+        kernel_time[0] *= copies / timed_copies
     batched_per_label = batched_s / len(labels)
     print(f"batched semabs, {len(labels)} labels: {batched_s:.1f} s per image = {batched_per_label:.2f} s per image per "
-          f"label; CLIP passes {kernel_time[0]:.1f} s ({100 * kernel_time[0] / batched_s:.0f} %), cropping/jitter/"
-          f"resize/accumulation the rest; maps {tuple(maps.shape)} ({load()})")
+          f"label; crop resize + CLIP passes {kernel_time[0]:.1f} s ({100 * kernel_time[0] / batched_s:.0f} %), jitter/"
+          f"upsampling/accumulation the rest; maps {tuple(maps.shape)} ({load()})")
     speedup = naive_per_label / batched_per_label
     print(f"speedup vs naive at K={len(labels)}: {speedup:.1f} x (naive extrapolated); at K=20 the batched cost per "
           f"crop grows by {kernel[20] / kernel[10]:.2f} x while the naive one doubles")
-
-    # --- fast preset
-    fast = RelevancyExtractor(clip, fast_cfg)
-    labels10 = LABELS_20[:10]
-    fast(image, labels10)  # warm-up
-    fast_s, _ = timed(lambda: fast(image, labels10), device, repeats=3)
-    fast_scales = scale_tiles(height, width, fast_cfg)
-    fast_crops = sum(len(w) for _, _, w in fast_scales) * (2 if fast_cfg.flip else 1) * (1 + fast_cfg.jitter_copies)
-    print(f"fast preset, 10 labels: {fast_s:.2f} s per image ({fast_crops} CLIP crops, "
-          f"output stride {fast_cfg.output_stride}; {load()})")
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     gpu = f", GPU peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB" if device.type == "cuda" else ""
