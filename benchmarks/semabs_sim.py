@@ -75,13 +75,13 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoints", nargs="+", required=True)
     ap.add_argument("--shift", type=float, default=0.3)
     ap.add_argument("--wide", action="store_true",
-                    help="sweep network logit cutoffs over [-2.5, 6.0] instead of the reference [-2.5, -0.1]")
+                    help="sweep network logit cutoffs over [-10, 6] step 0.25 instead of the reference [-2.5, -0.1]")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     splits = ["val"] + list(cfg["eval"].get("test_splits", []))
     sets = {s: SceneSet(cfg, s) for s in splits}
-    cutoffs = np.round(np.arange(-2.5, 6.01, 0.1), 6) if args.wide else REFERENCE_CUTOFFS
+    cutoffs = np.round(np.arange(-10.0, 6.01, 0.25), 6) if args.wide else REFERENCE_CUTOFFS
     task = None
     results = {"network": [], "baseline": None}
     # baseline (deterministic): cutoffs from quantiles of its validation scores
