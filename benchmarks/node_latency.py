@@ -99,7 +99,7 @@ def latency_and_soak(args) -> dict:
     if preset == "auto":
         preset = "fast" if "fast" in relevancy_presets() else ""
     labels = DRIVING_LABELS[: args.labels]
-    rclpy.init()
+    rclpy.init(domain_id=1 + os.getpid() % 100)  # own DDS domain: no cross-talk with other runs
     node = PerceptionNode(cli_args=["--ros-args", "--params-file", str(paths.resource("config/perception.yaml"))],
                           parameter_overrides=[Parameter("clip_model", value=args.clip_model),
                                                Parameter("device", value=args.device),
@@ -182,7 +182,7 @@ def _small_node_run(fn):
     from occ_audit_ros.nodes.node_checks import InputDriver, synthetic_frame
     from occ_audit_ros.nodes.perception_node import PerceptionNode
 
-    rclpy.init()
+    rclpy.init(domain_id=1 + os.getpid() % 100)  # own DDS domain: no cross-talk with other runs
     node = PerceptionNode(parameter_overrides=[Parameter(k, value=v) for k, v in {
         "clip_model": "random-tiny", "cameras": ["CAM_FRONT"], "labels": ["car", "road", "tree"],
         "relevancy.output_stride": 4, "warn_period_s": 1.0}.items()])

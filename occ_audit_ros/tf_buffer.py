@@ -73,9 +73,23 @@ class TransformBuffer:
             cut = bisect.bisect_left(edge.stamps, edge.stamps[-1] - self._cache_ns)
             del edge.stamps[:cut], edge.matrices[:cut]
 
-    def _to_root(self, frame: str, stamp_ns: int, tolerance_ns: int) -> tuple[list[str], np.ndarray]:
-        chain, matrix = [frame], np.eye(4)
-        while frame in self._edges:
+    def _ancestors(self, frame: str) -> list[str]:
+        """``[frame, parent, grandparent, ..., root]`` (no time lookups).
+
+        Raises:
+            TransformUnavailable: when the parent links form a cycle.
+        """
+        chain = [frame]
+        while chain[-1] in self._edges:
+            chain.append(self._edges[chain[-1]].parent)
+            if len(chain) > 64:
+                raise TransformUnavailable(f"transform chain from {frame} is cyclic")
+        return chain
+
+    def _to_ancestor(self, frame: str, ancestor: str, stamp_ns: int, tolerance_ns: int) -> np.ndarray:
+        """(4, 4) ``ancestor <- frame`` at ``stamp_ns``, multiplying only the edges in between."""
+        matrix = np.eye(4)
+        while frame != ancestor:
             edge = self._edges[frame]
             if edge.static:
                 m = edge.matrices[0]
@@ -90,28 +104,31 @@ class TransformBuffer:
                 m = edge.matrices[j]
             matrix = m @ matrix
             frame = edge.parent
-            chain.append(frame)
-            if len(chain) > 64:
-                raise TransformUnavailable(f"transform chain from {chain[0]} is cyclic")
-        return chain, matrix
+        return matrix
 
     def lookup(self, target: str, source: str, stamp_ns: int = 0, tolerance_ns: int = 100_000_000) -> np.ndarray:
         """(4, 4) float64 transform mapping points in ``source`` to ``target`` at ``stamp_ns``.
 
+        Only the edges between the two frames and their nearest common ancestor are used (like
+        tf2): a stale ``map <- base_link`` does not block ``base_link <- camera``.
+
         Raises:
-            TransformUnavailable: when the frames are not connected or a dynamic edge has no sample
-                within ``tolerance_ns`` of ``stamp_ns``.
+            TransformUnavailable: when the frames are not connected or a dynamic edge on the path
+                has no sample within ``tolerance_ns`` of ``stamp_ns``.
         """
         if target == source:
             return np.eye(4)
         with self._lock:
-            chain_s, root_from_s = self._to_root(source, stamp_ns, tolerance_ns)
-            chain_t, root_from_t = self._to_root(target, stamp_ns, tolerance_ns)
-        if chain_s[-1] != chain_t[-1]:
-            raise TransformUnavailable(
-                f"no transform from {source!r} to {target!r}: they are in different trees "
-                f"(roots {chain_s[-1]!r} and {chain_t[-1]!r})")
-        return invert_transform(root_from_t) @ root_from_s
+            chain_s, chain_t = self._ancestors(source), self._ancestors(target)
+            in_t = set(chain_t)
+            common = next((f for f in chain_s if f in in_t), None)
+            if common is None:
+                raise TransformUnavailable(
+                    f"no transform from {source!r} to {target!r}: they are in different trees "
+                    f"(roots {chain_s[-1]!r} and {chain_t[-1]!r})")
+            common_from_s = self._to_ancestor(source, common, stamp_ns, tolerance_ns)
+            common_from_t = self._to_ancestor(target, common, stamp_ns, tolerance_ns)
+        return invert_transform(common_from_t) @ common_from_s
 
     def frames(self) -> set[str]:
         """All frame names known to the buffer."""

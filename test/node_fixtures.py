@@ -1,5 +1,6 @@
 """Shared helpers of the node tests: an rclpy context with a spinning executor, a node factory."""
 
+import os
 import threading
 
 import rclpy
@@ -9,11 +10,18 @@ from rclpy.parameter import Parameter
 from occ_audit_ros.nodes.perception_node import PerceptionNode
 
 
+def private_domain_id() -> int:
+    """A DDS domain for this process (1..100), so parallel test runs and benchmarks on one machine
+    do not hear each other's /cam_front/image_raw."""
+    return 1 + os.getpid() % 100
+
+
 class RosContext:
-    """rclpy.init + a MultiThreadedExecutor spinning on a thread; ``add(node)`` returns the node."""
+    """rclpy.init (own DDS domain) + a MultiThreadedExecutor spinning on a thread; ``add(node)``
+    returns the node."""
 
     def __init__(self):
-        rclpy.init()
+        rclpy.init(domain_id=private_domain_id())
         self.executor = MultiThreadedExecutor(num_threads=4)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.nodes = []

@@ -10,6 +10,7 @@ published by the composition or the replayed bag.
 
 import ast
 import importlib
+import os
 import re
 import textwrap
 
@@ -211,7 +212,7 @@ def test_in_process_launcher_runs_the_replay_composition(keyframe, tmp_path):
     from occ_audit_ros.tools.nuscenes_to_bag import write_keyframe_bag
 
     bag = write_keyframe_bag(keyframe, tmp_path / "bag")
-    rclpy.init()
+    rclpy.init(domain_id=1 + os.getpid() % 100)  # own DDS domain: parallel runs do not cross-talk
     launch = None
     try:
         launch = Launch(ROOT / "launch" / "nuscenes_replay.launch.py",

@@ -5,6 +5,7 @@ the node's outputs like RViz would.
 """
 
 import copy
+import os
 import threading
 import time
 
@@ -35,7 +36,7 @@ def keyframe_bag(keyframe, tmp_path_factory):
 
 @pytest.fixture
 def ros():
-    rclpy.init()
+    rclpy.init(domain_id=1 + os.getpid() % 100)  # own DDS domain: parallel runs do not cross-talk
     executor = MultiThreadedExecutor(num_threads=4)
     thread = threading.Thread(target=executor.spin, daemon=True)
     nodes = []

@@ -91,3 +91,18 @@ def test_sync_recovers_from_future_and_backwards_stamps():
     sync.slop_ns = 0  # slop changed at run time (parameter callback)
     assert sync.add("a", 200, "a200") is None and sync.add("b", 201, "b201") is None
     assert sync.add("b", 210, "b210") is None and sync.add("a", 210, "a210") == {"a": "a210", "b": "b210"}
+
+
+def test_lookup_uses_only_the_path_to_the_common_ancestor():
+    tf = TransformBuffer()
+    T_base_cam = make_transform([1.0, 0.0, 1.5], [0.5, -0.5, 0.5, -0.5])
+    tf.set_transform("base_link", "cam_front_optical", T_base_cam, 0, static=True)
+    tf.set_transform("base_link", "cam_back_optical", make_transform([-1.0, 0, 1.5], [1, 0, 0, 0]), 0, static=True)
+    tf.set_transform("map", "base_link", make_transform([5.0, 0, 0], [1, 0, 0, 0]), 1_000, static=False)
+    # the ego pose is far from the requested time, but base_link <- camera does not need it
+    np.testing.assert_allclose(tf.lookup("base_link", "cam_front_optical", 10**12), T_base_cam)
+    np.testing.assert_allclose(tf.lookup("cam_back_optical", "cam_front_optical", 10**12)[:3, 3], [2.0, 0, 0],
+                               atol=1e-12)
+    with pytest.raises(TransformUnavailable, match="nearest transform"):
+        tf.lookup("map", "cam_front_optical", 10**12)
+    np.testing.assert_allclose(tf.lookup("map", "cam_front_optical", 1_000)[:3, 3], [6.0, 0.0, 1.5])
