@@ -65,6 +65,11 @@ PERCEPTION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("relevancy.flip", False, "Also evaluate horizontally mirrored tiles (twice the cost)."),
     ParamSpec("relevancy.output_stride", 2, "Relevancy maps are computed at image size / output_stride [px]."),
     ParamSpec("relevancy.batch_size", 32, "CLIP crops per forward pass."),
+    ParamSpec("relevancy.autocast", "",
+              "Autocast dtype of the CLIP passes: 'bfloat16' (CPU or GPU), 'float16' (GPU), 'none' (float32); "
+              "'' keeps the preset's. bfloat16 on 2 CPU cores: 1.21 s vs 2.18 s per keyframe, maps correlate "
+              "0.9998 with float32 (benchmarks/node_latency.py, docs/ros_node.md).",
+              read_only=True, choices=("", "none", "bfloat16", "float16")),
     ParamSpec("cameras", list(CAMERA_CHANNELS),
               "Camera names; each has <ns>/image_raw, <ns>/camera_info and <ns>/depth with ns = lower-case name."),
     ParamSpec("target_frame", BASE_FRAME, "Frame of the published voxel grid (REP-105 base_link)."),

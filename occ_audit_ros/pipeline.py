@@ -9,6 +9,7 @@ without the learned 3D completion, which is a separate module).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -88,14 +89,13 @@ def pipeline_config_from_params(values: dict[str, Any]) -> PipelineConfig:
                                               prompt_template=v["prompt_template"])
         except KeyError as err:
             raise ValueError(str(err)) from err
-        grid = VoxelGridSpec(tuple(v["grid.lower"]), tuple(v["grid.upper"]), v["grid.voxel_size"])
-        return PipelineConfig(labels=[str(label) for label in v["labels"]], relevancy=rel, grid=grid,
-                              target_frame=v["target_frame"], min_depth_m=v["depth.min_m"],
-                              max_depth_m=v["depth.max_m"])
-    rel = RelevancyConfig(tile_fractions=tuple(v["relevancy.tile_fractions"]),
-                          stride_fraction=v["relevancy.stride_fraction"], flip=v["relevancy.flip"],
-                          prompt_template=v["prompt_template"], output_stride=v["relevancy.output_stride"],
-                          batch_size=v["relevancy.batch_size"])
+    else:
+        rel = RelevancyConfig(tile_fractions=tuple(v["relevancy.tile_fractions"]),
+                              stride_fraction=v["relevancy.stride_fraction"], flip=v["relevancy.flip"],
+                              prompt_template=v["prompt_template"], output_stride=v["relevancy.output_stride"],
+                              batch_size=v["relevancy.batch_size"])
+    if v["relevancy.autocast"]:  # '' keeps the preset's (or float32)
+        rel = dataclasses.replace(rel, autocast=v["relevancy.autocast"])
     grid = VoxelGridSpec(tuple(v["grid.lower"]), tuple(v["grid.upper"]), v["grid.voxel_size"])
     return PipelineConfig(labels=[str(label) for label in v["labels"]], relevancy=rel, grid=grid,
                           target_frame=v["target_frame"], min_depth_m=v["depth.min_m"], max_depth_m=v["depth.max_m"])
