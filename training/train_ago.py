@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from occ_audit_ros.config_overrides import apply_overrides  # noqa: E402
 from occ_audit_ros.ago.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from occ_audit_ros.ago.classes import load_class_config  # noqa: E402
 from occ_audit_ros.ago.data import collate, load_samples, training_vocabulary  # noqa: E402
@@ -52,15 +53,7 @@ def load_config(path, overrides=()) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config {path} not found")
     cfg = yaml.safe_load(path.read_text())
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
-        key, val = item.split("=", 1)
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(val)
+    apply_overrides(cfg, overrides)
     return cfg
 
 

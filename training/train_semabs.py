@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from occ_audit_ros.config_overrides import apply_overrides  # noqa: E402
 from occ_audit_ros.semabs.batching import ovssc_batch, vool_batch  # noqa: E402
 from occ_audit_ros.semabs.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from occ_audit_ros.semabs.metrics import REFERENCE_CUTOFFS, choose_cutoff, iou_table  # noqa: E402
@@ -72,15 +73,7 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> dict:
     if path:
         with open(path) as f:
             cfg = deep_update(cfg, yaml.safe_load(f) or {})
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
-        key, val = item.split("=", 1)
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(val)
+    apply_overrides(cfg, overrides or [])
     if cfg["task"] not in ("ovssc", "vool"):
         raise ValueError(f"task must be 'ovssc' or 'vool', got {cfg['task']!r}")
     return cfg
