@@ -89,3 +89,16 @@ def test_torchrun_ddp_two_processes(tmp_path):
     result = json.loads([l for l in p.stdout.splitlines() if l.startswith("{")][-1])
     assert result["step"] == 2 and latest_checkpoint(tmp_path).name == "ckpt-000002"
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2  # rank 0 logs only
+
+
+def test_visa_hook_from_config(tmp_path):
+    """``visa.enabled`` selects the VISA hook lazily; absent / disabled gives no extra terms."""
+    assert train_ago.extra_losses_from_config({}) == []
+    assert train_ago.extra_losses_from_config({"visa": {"enabled": False}}) == []
+    with pytest.raises(ValueError):
+        train_ago.extra_losses_from_config({"visa": "yes"})
+    try:
+        from occ_audit_ros.visa.ago_hook import build_extra_losses  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="build_extra_losses"):
+            train_ago.extra_losses_from_config({"visa": {"enabled": True}})

@@ -93,6 +93,33 @@ def build_everything(cfg: dict, rank: int = 0):
     return ccfg, text, vocab, bank, label_map, spec, clip, model
 
 
+def extra_losses_from_config(cfg: dict) -> list:
+    """Extra loss hooks named by the config: with ``visa: {enabled: true, ...}`` the VISA terms of
+    ``occ_audit_ros.visa.ago_hook.build_extra_losses(cfg["visa"], cfg)`` (imported lazily, so the
+    trainer works without the VISA package); otherwise ``[]``.
+
+    Returns:
+        list of hooks ``fn(batch, outputs, model) -> {name: scalar tensor}``.
+
+    Raises:
+        ValueError: ``visa`` is not a mapping, or ``visa.enabled`` is set but the hook module /
+            function cannot be imported (message says which).
+    """
+    v = cfg.get("visa")
+    if v is None:
+        return []
+    if not isinstance(v, dict):
+        raise ValueError(f"config 'visa' must be a mapping, got {type(v).__name__}")
+    if not v.get("enabled", False):
+        return []
+    try:
+        from occ_audit_ros.visa.ago_hook import build_extra_losses
+    except ImportError as err:
+        raise ValueError(f"visa.enabled is true but occ_audit_ros.visa.ago_hook.build_extra_losses "
+                         f"cannot be imported ({err}); set visa.enabled=false or install the VISA hook") from err
+    return list(build_extra_losses(v, cfg))
+
+
 def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = True) -> dict:
     """Run training as configured; returns ``{"step", "losses" (last), "log" path, "checkpoint"}``.
 
@@ -100,13 +127,16 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
         cfg: parsed config (see ``config/ago_train.yaml``).
         extra_losses: list of hooks ``fn(batch, outputs, model) -> {name: scalar tensor}``; their
             terms are added to the total and logged. ``outputs["class_logits"]`` is
-            (B, X, Y, Z, K + 1) (Occ3D labels 0-17 for the closed vocabulary).
+            (B, X, Y, Z, K + 1) (Occ3D labels 0-17 for the closed vocabulary). ``None`` (default):
+            the hooks the config names (:func:`extra_losses_from_config`: ``visa.enabled``).
         resume: continue from ``<out_dir>/latest`` when present.
 
     Raises:
         ValueError: inconsistent config (alignment without a shared CLIP space).
     """
     rank, world = _dist_setup()
+    if extra_losses is None:
+        extra_losses = extra_losses_from_config(cfg)
     torch.manual_seed(cfg.get("seed", 0))  # same init on every rank (DDP also broadcasts)
     ccfg, text, vocab, bank, label_map, spec, clip, model = build_everything(cfg, rank)
     out = Path(cfg["out_dir"])
