@@ -336,3 +336,36 @@ def test_tile_origins_cover_the_image():
     with pytest.raises(ValueError):
         tile_origins(100, 200, 50)
     assert reference_tile_windows(900, 1600, 900, 225) == [(0, 0), (0, 225), (0, 450), (0, 675)]
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device (the CI machine has none; run on a GPU machine)")
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["semabs", "fast"])
+def test_cuda_preset_equals_naive_cpu(tiny_clip, front_full, name):
+    """The CUDA path (float32, batch size from free memory) equals the naive CPU loop on the same weights."""
+    from occ_audit_ros.clip_model import load_clip
+
+    cuda_clip = load_clip("random-tiny", device="cuda", seed=0)
+    cfg = dataclasses.replace(PRESETS[name], output_stride=1, batch_size=0)
+    image = np.asarray(front_full.resize((48, 48) if name == "semabs" else (200, 112), Image.BILINEAR))
+    fast = RelevancyExtractor(cuda_clip, cfg)(image, LABELS[:2])
+    ref = naive_relevancy(tiny_clip, image, LABELS[:2], cfg)
+    scale = np.abs(ref).max()
+    assert scale > 1e-4
+    # TF32 matmuls are off by default in PyTorch, so float32 on CUDA differs from the CPU by rounding only.
+    np.testing.assert_allclose(fast, ref, rtol=1e-3, atol=1e-3 * scale)
+
+
+@needs_cuda
+def test_cuda_autocast_bfloat16_close(front_image):
+    """bfloat16 autocast on CUDA keeps the maps close to float32 on CUDA and is not a no-op."""
+    from occ_audit_ros.clip_model import load_clip
+
+    cuda_clip = load_clip("random-tiny", device="cuda", seed=0)
+    ref = RelevancyExtractor(cuda_clip, RelevancyConfig())(front_image, LABELS)
+    bf = RelevancyExtractor(cuda_clip, RelevancyConfig(autocast="bfloat16"))(front_image, LABELS)
+    assert not np.array_equal(bf, ref)
+    assert np.corrcoef(bf.ravel(), ref.ravel())[0, 1] > 0.95
