@@ -53,6 +53,11 @@ PERCEPTION_PARAMS: tuple[ParamSpec, ...] = (
               "'random' = ViT-B/32 layout with random weights, 'random-tiny' = tiny random model; both for "
               "tests/offline demos only, every output is then marked random_weights.", read_only=True),
     ParamSpec("device", "auto", "Torch device: 'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.", read_only=True),
+    ParamSpec("model", "relevancy",
+              "What turns the cameras into the grid: 'relevancy' (relevancy point cloud fused into the grid), "
+              "'semabs' (Semantic Abstraction OVSSC completion of one camera's RGB-D view inside the SemAbs "
+              "workspace, plus hidden-object queries), 'ago' (an AGO checkpoint on all cameras; its grid "
+              "replaces grid.*).", read_only=True, choices=("relevancy", "semabs", "ago")),
     ParamSpec("labels", list(DRIVING_LABELS),
               "Open-vocabulary label set queried jointly on every frame (relevancy is mean-subtracted over it)."),
     ParamSpec("prompt_template", "a photograph of a {} on a street.", "CLIP text prompt; '{}' is replaced by the label."),
@@ -78,6 +83,26 @@ PERCEPTION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("grid.voxel_size", 0.4, "Voxel edge length [m]."),
     ParamSpec("depth.min_m", 1.0, "Depth readings nearer than this are ignored [m]."),
     ParamSpec("depth.max_m", 80.0, "Depth readings farther than this are ignored [m]."),
+    ParamSpec("semabs.ovssc_checkpoint", "models/semabs/ovssc_sim_cpu.safetensors",
+              "SemAbs OVSSC checkpoint (safetensors; relative paths: working directory, then the package share).",
+              read_only=True),
+    ParamSpec("semabs.vool_checkpoint", "models/semabs/vool_sim_cpu.safetensors",
+              "SemAbs VOOL checkpoint for hidden-object queries; '' = queries are refused.", read_only=True),
+    ParamSpec("semabs.camera", "CAM_FRONT", "The camera whose RGB-D view SemAbs completes (single view).",
+              read_only=True),
+    ParamSpec("semabs.workspace_center", [6.0, 0.0, 0.9],
+              "Centre of the SemAbs workspace cube (the checkpoint's size, 2 m for the shipped ones) in "
+              "target_frame [m]; axes parallel to target_frame. Only grid voxels inside it are predicted.",
+              read_only=True),
+    ParamSpec("semabs.num_points", 20000, "Points sampled from the relevancy cloud per view (SemAbs: 80000).",
+              read_only=True),
+    ParamSpec("semabs.min_probability", 0.1,
+              "Hidden-object answers list the workspace voxels with at least this probability."),
+    ParamSpec("ago.checkpoint", "", "AGO run or checkpoint directory (training/train_ago.py); needed for model ago.",
+              read_only=True),
+    ParamSpec("ago.identifier", "entropy",
+              "AGO open-world identifier: 'entropy' (Eq. 9), 'confidence', or 'none' (grounding branch only).",
+              read_only=True, choices=("entropy", "confidence", "none")),
     ParamSpec("sync.slop_s", 0.1, "Max stamp spread of one synchronised set of camera images, infos and depths [s]."),
     ParamSpec("publish.markers", True, "Publish visualization_msgs/MarkerArray of the voxels."),
     ParamSpec("publish.points", True, "Publish sensor_msgs/PointCloud2 (x, y, z, label, score) of the voxels."),
@@ -134,6 +159,16 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
         elif not isinstance(value, type(default)):
             raise ValueError(f"parameter {name} must be {type(default).__name__}, got {value!r}")
         out[name] = value
+    for name, value in out.items():
+        choices = PARAMS_BY_NAME[name].choices
+        if choices and value not in choices:
+            raise ValueError(f"parameter {name} must be one of {list(choices)}, got {value!r}")
+    if len(out["semabs.workspace_center"]) != 3:
+        raise ValueError(f"parameter semabs.workspace_center must have 3 elements, got {out['semabs.workspace_center']!r}")
+    if out["semabs.num_points"] < 1 or not 0.0 <= out["semabs.min_probability"] <= 1.0:
+        raise ValueError("semabs.num_points must be >= 1 and semabs.min_probability in [0, 1]")
+    if out["model"] == "ago" and not out["ago.checkpoint"]:
+        raise ValueError("model 'ago' needs ago.checkpoint (a run directory of training/train_ago.py)")
     for name in ("labels", "cameras"):
         if not out[name] or any(not isinstance(v, str) or not v.strip() for v in out[name]):
             raise ValueError(f"parameter {name} must be a non-empty list of non-empty strings, got {out[name]!r}")

@@ -109,6 +109,9 @@ class PerceptionPipeline:
         config: :class:`PipelineConfig`.
     """
 
+    #: Timed stages of :meth:`process` (keys of ``PipelineResult.timings_s`` besides ``total``).
+    stages = ("relevancy", "backproject", "fuse")
+
     def __init__(self, clip: ClipBundle, config: PipelineConfig) -> None:
         self.clip = clip
         self.config = config

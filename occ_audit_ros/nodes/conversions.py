@@ -691,3 +691,108 @@ def semantic_voxels_to_markers(
         m.text = RANDOM_WEIGHTS_BANNER
         markers.append(m)
     return MarkerArray(markers=markers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hidden-object (VOOL) answers
+
+HIDDEN_POINT_DTYPE = np.dtype({"names": ["x", "y", "z", "probability"], "formats": ["<f4", "<f4", "<f4", "<f4"],
+                               "offsets": [0, 4, 8, 12], "itemsize": 16})
+
+
+def hidden_object_to_msg(answer: Any, query: Any = None, msg_cls: type | None = None) -> Any:
+    """:class:`occ_audit_ros.backends.HiddenObjectAnswer` -> ``occ_audit_ros/HiddenObjectResult``.
+
+    Args:
+        answer: the answer (grid, voxel indices, probabilities in ``answer.frame_id``).
+        query: the ``HiddenObjectQuery`` being answered (copied into ``query``); None = built from the answer.
+        msg_cls: the generated message class; None imports ``occ_audit_ros.msg.HiddenObjectResult``.
+
+    Raises:
+        ValueError: when indices and probabilities differ in length or an index is outside the grid.
+    """
+    if msg_cls is None:
+        from occ_audit_ros.msg import HiddenObjectResult
+
+        msg_cls = HiddenObjectResult
+    indices = np.asarray(answer.indices, dtype=np.int64)
+    probs = np.asarray(answer.probabilities, dtype=np.float32)
+    if indices.shape != probs.shape or indices.ndim != 1:
+        raise ValueError(f"indices {indices.shape} and probabilities {probs.shape} must be equal-length vectors")
+    if len(indices) and (indices.min() < 0 or indices.max() >= answer.spec.num_voxels):
+        raise ValueError("a voxel index lies outside the grid")
+    msg = msg_cls()
+    msg.header = Header(stamp=ns_to_stamp(answer.stamp_ns), frame_id=answer.frame_id)
+    if query is None:
+        from occ_audit_ros.msg import HiddenObjectQuery
+
+        query = HiddenObjectQuery(target=answer.target, relation=answer.relation, reference=answer.reference)
+    msg.query = query
+    spec = answer.spec
+    msg.voxel_size = float(spec.voxel_size)
+    msg.origin = Point(x=spec.lower[0], y=spec.lower[1], z=spec.lower[2])
+    msg.dimensions = [int(d) for d in spec.dims]
+    msg.indices = array.array("I", indices.astype(np.uint32).tobytes())
+    msg.probabilities = array.array("f", probs.tobytes())
+    msg.model = str(answer.model)
+    msg.random_weights = bool(answer.random_weights)
+    return msg
+
+
+def hidden_object_to_pointcloud2(answer: Any) -> PointCloud2:
+    """Answer voxels as ``sensor_msgs/PointCloud2``: ``x, y, z`` FLOAT32 voxel centre [m] in
+    ``answer.frame_id``, ``probability`` FLOAT32 in [0, 1]; ``point_step = 16``, ``height = 1``."""
+    points = np.empty(len(answer.indices), dtype=HIDDEN_POINT_DTYPE)
+    centers = answer.centers()
+    points["x"], points["y"], points["z"] = centers[:, 0], centers[:, 1], centers[:, 2]
+    points["probability"] = np.asarray(answer.probabilities, dtype=np.float32)
+    msg = PointCloud2()
+    msg.header = Header(stamp=ns_to_stamp(answer.stamp_ns), frame_id=answer.frame_id)
+    msg.height, msg.width = 1, len(points)
+    msg.fields = [PointField(name=n, offset=HIDDEN_POINT_DTYPE.fields[n][1], datatype=PointField.FLOAT32, count=1)
+                  for n in HIDDEN_POINT_DTYPE.names]
+    msg.is_bigendian = False
+    msg.point_step = HIDDEN_POINT_DTYPE.itemsize
+    msg.row_step = msg.point_step * msg.width
+    msg.data = points.tobytes()
+    msg.is_dense = True
+    return msg
+
+
+def hidden_object_to_markers(answer: Any, color=(1.0, 0.1, 0.9)) -> MarkerArray:
+    """RViz markers of an answer: ``DELETEALL``; one ``CUBE_LIST`` (``ns = "hidden_object"``, id 0)
+    with one cube per listed voxel coloured ``color`` with alpha = its probability; a
+    ``TEXT_VIEW_FACING`` caption "<target> <relation> <reference>" above the most probable voxel
+    (``ns = "hidden_object_text"``), and the random-weights warning when it applies. Frame
+    ``answer.frame_id``; an answer with no voxels gives only the DELETEALL (clears the last answer)."""
+    header = Header(stamp=ns_to_stamp(answer.stamp_ns), frame_id=answer.frame_id)
+    markers = [Marker(header=header, action=Marker.DELETEALL)]
+    if len(answer.indices) == 0:
+        return MarkerArray(markers=markers)
+    s = answer.spec.voxel_size
+    centers = answer.centers().astype(np.float64)
+    probs = np.asarray(answer.probabilities, dtype=np.float64)
+    cubes = Marker(header=header, ns="hidden_object", id=0, type=Marker.CUBE_LIST, action=Marker.ADD)
+    cubes.pose.orientation.w = 1.0
+    cubes.scale = Vector3(x=s, y=s, z=s)
+    cubes.color = _color(np.asarray(color), 1.0)
+    cubes.points = [Point(x=x, y=y, z=z) for x, y, z in centers.tolist()]
+    cubes.colors = [_color(np.asarray(color), p) for p in probs.tolist()]
+    markers.append(cubes)
+    best = centers[int(np.argmax(probs))]
+    text = Marker(header=header, ns="hidden_object_text", id=0, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
+    text.pose.position = Point(x=float(best[0]), y=float(best[1]), z=float(best[2] + 3 * s))
+    text.pose.orientation.w = 1.0
+    text.scale.z = max(0.1, 2 * s)
+    text.color = _color(np.asarray(color), 1.0)
+    text.text = f"{answer.target} {answer.relation} {answer.reference}: max p = {probs.max():.2f}"
+    markers.append(text)
+    if answer.random_weights:
+        warn = Marker(header=header, ns="warning", id=1, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
+        warn.pose.position = Point(x=float(best[0]), y=float(best[1]), z=float(best[2] + 6 * s))
+        warn.pose.orientation.w = 1.0
+        warn.scale.z = max(0.1, 2 * s)
+        warn.color = ColorRGBA(r=1.0, g=0.0, b=0.0, a=1.0)
+        warn.text = RANDOM_WEIGHTS_BANNER
+        markers.append(warn)
+    return MarkerArray(markers=markers)

@@ -9,7 +9,15 @@ A thin rclpy adapter over :class:`occ_audit_ros.pipeline.PerceptionPipeline`:
   and counted, so latency never builds up);
 * publishes ``semantic_voxels`` (occ_audit_ros/SemanticVoxelGrid), ``semantic_voxel_markers``
   (visualization_msgs/MarkerArray) and ``semantic_points`` (sensor_msgs/PointCloud2), reliable;
-* publishes ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): counters, rates, per-stage latency.
+* publishes ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): counters, rates, per-stage latency;
+* with ``model: semabs`` answers hidden-object queries (``hidden_object_query``,
+  occ_audit_ros/HiddenObjectQuery) on the first processed frame at or after the query's stamp with
+  ``hidden_object_result`` (occ_audit_ros/HiddenObjectResult), ``hidden_object_markers`` (CUBE_LIST,
+  alpha = probability) and ``hidden_object_points`` (PointCloud2 x, y, z, probability), all in
+  ``target_frame``.
+
+``model`` picks what computes the grid (``occ_audit_ros/backends.py``): the relevancy point cloud
+(default), Semantic Abstraction's OVSSC network, or an AGO checkpoint.
 
 Inputs use sensor-data QoS, overridable per topic with the standard ``qos_overrides.<topic>.subscription.*``
 parameters; incompatible QoS events on any input or output are warnings naming the topic and policy.
@@ -27,6 +35,7 @@ import collections
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,16 +50,18 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from .. import conventions
+from .. import conventions, paths
+from ..backends import AgoBackend, SemAbsBackend
 from ..clip_model import ClipWeightsUnavailable, load_clip
 from ..params import PARAMS_BY_NAME, PERCEPTION_PARAMS, check_preset, validate
 from ..pipeline import CameraInput, PerceptionPipeline, PipelineResult, pipeline_config_from_params
 from ..sync import ApproximateSynchronizer
 from ..relevancy import RelevancyExtractor
 from ..tf_buffer import TransformBuffer, TransformUnavailable
-from .conversions import (camera_info_to_K, check_image_matches_info, depth_from_image_msg, rgb_from_image_msg,
-                          semantic_voxels_to_markers, semantic_voxels_to_msg, semantic_voxels_to_pointcloud2,
-                          stamp_to_ns, transform_to_matrix)
+from .conversions import (camera_info_to_K, check_image_matches_info, depth_from_image_msg,
+                          hidden_object_to_markers, hidden_object_to_msg, hidden_object_to_pointcloud2,
+                          rgb_from_image_msg, semantic_voxels_to_markers, semantic_voxels_to_msg,
+                          semantic_voxels_to_pointcloud2, stamp_to_ns, transform_to_matrix)
 
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
@@ -71,10 +82,25 @@ DIAGNOSTICS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 _STREAM_SUFFIX = {"image": "image_raw", "info": "camera_info", "depth": "depth"}
 #: Parameters that take effect while running; every other one needs a restart (changes are refused).
 RUNTIME_PARAMS = frozenset({"labels", "relevancy.preset", "publish.markers", "publish.points", "sync.slop_s",
-                            "tf.tolerance_s", "input.max_future_s", "warn_period_s"})
-#: Worker stages reported in diagnostics [s]: queue wait, message conversion + TF, the pipeline's
-#: stages, publishing, and end to end (set complete -> published).
+                            "tf.tolerance_s", "input.max_future_s", "warn_period_s", "semabs.min_probability"})
+#: Worker stages reported in diagnostics [s] with the default model: queue wait, message conversion +
+#: TF, the pipeline's stages, publishing, and end to end (set complete -> published). Other models
+#: report their own stages between convert and publish (``stages`` of the backend).
 STAGES = ("queue", "convert", "relevancy", "backproject", "fuse", "publish", "end_to_end")
+#: Hidden-object queries waiting for a frame; beyond this the oldest is dropped with a warning.
+MAX_PENDING_QUERIES = 16
+
+
+def resolve_model_path(path: str) -> str:
+    """A checkpoint path as given when it exists (absolute or relative to the working directory),
+    else the file shipped with the package (``paths.resource``); '' stays ''.
+
+    Raises:
+        FileNotFoundError: when neither exists.
+    """
+    if not path or Path(path).exists():
+        return path
+    return str(paths.resource(path))
 
 
 def input_topics(cameras: list[str]) -> list[str]:
@@ -143,21 +169,31 @@ class PerceptionNode(Node):
         self.publish_points = values["publish.points"]
         self.warn_period_s = values["warn_period_s"]
 
-        clip = load_clip(values["clip_model"], device=values["device"])
-        if clip.random_weights:
-            self.get_logger().warning(
-                f"clip_model={clip.name}: RANDOMLY INITIALISED CLIP WEIGHTS. Every output is marked "
-                "random_weights=true and is NOT a real perception output.")
-        self.pipeline = PerceptionPipeline(clip, config)
+        self.config = config
+        self.model_kind = values["model"]
+        self.clip = None
+        self.pipeline: PerceptionPipeline | None = None
+        if self.model_kind != "ago":  # AGO brings its own image and text encoders
+            self.clip = load_clip(values["clip_model"], device=values["device"])
+            if self.clip.random_weights:
+                self.get_logger().warning(
+                    f"clip_model={self.clip.name}: RANDOMLY INITIALISED CLIP WEIGHTS. Every output is marked "
+                    "random_weights=true and is NOT a real perception output.")
+            self.pipeline = PerceptionPipeline(self.clip, config)
+        self.backend = self._build_backend(values)
+        self.stages = ("queue", "convert") + tuple(self.backend.stages) + ("publish", "end_to_end")
         self._pending_preset: str | None = None  # set by a run-time change, applied by the worker
+        self._pending_vocab: list[str] | None = None  # model ago: new labels, applied by the worker
+        grid = self.output_grid()
         self.get_logger().info(
-            f"CLIP {clip.name} on {clip.device}; {len(config.labels)} labels; grid {config.grid.dims} "
-            f"x {config.grid.voxel_size} m in {config.target_frame}; cameras {self.cameras}")
+            f"model {self.model_kind} ({self.model_name()}); {len(config.labels)} labels; grid {grid.dims} "
+            f"x {grid.voxel_size} m in {config.target_frame}; cameras {self.cameras}")
 
         self.counters = {"received_sets": 0, "processed": 0, "dropped": 0, "skipped": 0, "rejected_msgs": 0,
                          "qos_incompatible": 0}
         self.stream_counts = {t: 0 for t in input_topics(self.cameras)}
-        self.latency: dict[str, collections.deque] = {k: collections.deque(maxlen=50) for k in STAGES}
+        self.latency: dict[str, collections.deque] = {k: collections.deque(maxlen=50) for k in self.stages}
+        self.counters.update({"hidden_queries": 0, "hidden_answered": 0, "hidden_refused": 0})
 
         try:
             import tf2_ros
@@ -194,6 +230,15 @@ class PerceptionNode(Node):
         self.marker_pub = pub(MarkerArray, conventions.VOXEL_MARKERS_TOPIC, OUTPUT_QOS)
         self.points_pub = pub(PointCloud2, conventions.SEMANTIC_POINTS_TOPIC, OUTPUT_QOS)
         self.diag_pub = pub(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        from occ_audit_ros.msg import HiddenObjectQuery, HiddenObjectResult
+
+        self._queries: collections.deque = collections.deque()
+        self.last_answer = None
+        self.create_subscription(HiddenObjectQuery, conventions.HIDDEN_QUERY_TOPIC, self._on_query, OUTPUT_QOS,
+                                 event_callbacks=self._sub_events(conventions.HIDDEN_QUERY_TOPIC))
+        self.hidden_pub = pub(HiddenObjectResult, conventions.HIDDEN_RESULT_TOPIC, OUTPUT_QOS)
+        self.hidden_marker_pub = pub(MarkerArray, conventions.HIDDEN_MARKERS_TOPIC, OUTPUT_QOS)
+        self.hidden_points_pub = pub(PointCloud2, conventions.HIDDEN_POINTS_TOPIC, OUTPUT_QOS)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.create_timer(max(self.warn_period_s, 1.0), self._check_streams)
@@ -204,6 +249,50 @@ class PerceptionNode(Node):
         self._pending: tuple[dict, float] | None = None
         self._worker = threading.Thread(target=self._work, name="perception_worker", daemon=True)
         self._worker.start()
+
+    def _build_backend(self, values: dict):
+        """The object whose ``process(cameras)`` computes the grid, per the ``model`` parameter.
+
+        Raises:
+            FileNotFoundError / ValueError: missing or unusable checkpoints, a grid outside the workspace.
+        """
+        device = values["device"]
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.model_kind == "semabs":
+            return SemAbsBackend(self.clip, self.config, resolve_model_path(values["semabs.ovssc_checkpoint"]),
+                                 resolve_model_path(values["semabs.vool_checkpoint"]), camera=values["semabs.camera"],
+                                 workspace_center=values["semabs.workspace_center"],
+                                 num_points=values["semabs.num_points"],
+                                 min_probability=values["semabs.min_probability"], device=device)
+        if self.model_kind == "ago":
+            backend = AgoBackend(resolve_model_path(values["ago.checkpoint"]), self.config.labels,
+                                 self.config.target_frame, values["ago.identifier"], device=device)
+            if backend.grid != self.config.grid:
+                self.get_logger().info(f"model ago: publishing the checkpoint's grid {backend.grid} instead of grid.*")
+            if backend.random_weights:
+                self.get_logger().warning("ago checkpoint with RANDOMLY INITIALISED encoder weights: every output is "
+                                          "marked random_weights=true")
+            return backend
+        return self.pipeline
+
+    def output_grid(self):
+        """The published grid geometry (``grid.*``, or the AGO checkpoint's)."""
+        return self.backend.grid if self.model_kind == "ago" else self.config.grid
+
+    def model_name(self) -> str:
+        """CLIP id (relevancy), SemAbs OVSSC checkpoint, or AGO checkpoint."""
+        if self.model_kind == "semabs":
+            return self.backend.model_name
+        if self.model_kind == "ago":
+            return self.backend.predictor.name
+        return self.clip.name
+
+    def random_weights(self) -> bool:
+        """True when any part of the model has random weights."""
+        return bool(self.backend.random_weights) if self.model_kind == "ago" else bool(self.clip.random_weights)
 
     @staticmethod
     def _tf_type():
@@ -317,7 +406,11 @@ class PerceptionNode(Node):
             return SetParametersResult(successful=False, reason=str(err))
         self.values = new_values
         if "labels" in changes:
-            self.pipeline.set_labels(new_values["labels"])
+            if self.pipeline is not None:
+                self.pipeline.set_labels(new_values["labels"])
+            if self.model_kind == "ago":
+                with self._cv:  # applied by the worker between frames (it may be predicting now)
+                    self._pending_vocab = list(new_values["labels"])
             self.get_logger().info(f"labels changed to {new_values['labels']}")
         if "relevancy.preset" in changes:
             with self._cv:
@@ -325,6 +418,8 @@ class PerceptionNode(Node):
             self.get_logger().info(f"relevancy preset -> {new_values['relevancy.preset']!r} from the next frame")
         if "sync.slop_s" in changes:
             self.sync.slop_ns = int(new_values["sync.slop_s"] * 1e9)
+        if "semabs.min_probability" in changes and self.model_kind == "semabs":
+            self.backend.min_probability = new_values["semabs.min_probability"]
         self.publish_markers = new_values["publish.markers"]
         self.publish_points = new_values["publish.points"]
         self.warn_period_s = new_values["warn_period_s"]
@@ -332,9 +427,13 @@ class PerceptionNode(Node):
 
     def _apply_preset(self, name: str) -> None:
         """Swap the relevancy extractor for preset ``name`` ('' = the relevancy.* parameters)."""
+        if self.pipeline is None:
+            return  # model ago computes no relevancy
         rel = pipeline_config_from_params({**self.values, "relevancy.preset": name}).relevancy
         self.pipeline.config.relevancy = rel
         self.pipeline.extractor = RelevancyExtractor(self.pipeline.clip, rel)
+        if self.model_kind == "semabs":
+            self.backend.set_relevancy(self.pipeline.extractor)
 
     # ------------------------------------------------------------------------------------- work
     def camera_inputs(self, matched: dict) -> list[CameraInput]:
@@ -345,7 +444,7 @@ class PerceptionNode(Node):
             TransformUnavailable: when a camera's transform to ``target_frame`` is unknown.
         """
         inputs = []
-        target = self.pipeline.config.target_frame
+        target = self.config.target_frame
         for cam in self.cameras:
             image_msg, info_msg, depth_msg = matched[(cam, "image")], matched[(cam, "info")], matched[(cam, "depth")]
             check_image_matches_info(image_msg, info_msg)
@@ -357,22 +456,91 @@ class PerceptionNode(Node):
                                       depth_from_image_msg(depth_msg), stamp))
         return inputs
 
+    def _on_query(self, msg) -> None:
+        """Queue a hidden-object query for the worker (answered on the first frame at or after its stamp)."""
+        try:
+            with self._cv:
+                self.counters["hidden_queries"] += 1
+                if len(self._queries) >= MAX_PENDING_QUERIES:
+                    old = self._queries.popleft()
+                    self.counters["hidden_refused"] += 1
+                    self.warn("query", f"dropping hidden-object query {old.target!r} {old.relation!r} "
+                                       f"{old.reference!r}: more than {MAX_PENDING_QUERIES} queries wait for a frame")
+                self._queries.append(msg)
+                self._cv.notify()
+        except Exception as err:  # noqa: BLE001 - a callback must never take the executor down
+            self.warn("query", f"ignoring hidden-object query after {err.__class__.__name__}: {err}")
+
+    def _answerable_queries(self) -> list:
+        """Pop the queries stamped at or before the last processed frame (call with ``_cv`` held)."""
+        if self.last_result is None:
+            return []
+        frame_ns = self.last_result.voxels.stamp_ns
+        ready = [q for q in self._queries if stamp_to_ns(q.header.stamp) <= frame_ns]
+        for q in ready:
+            self._queries.remove(q)
+        return ready
+
+    def _answer(self, query) -> None:
+        """Answer one hidden-object query on the last frame and publish result, markers and points.
+
+        An unanswerable query (model is not semabs, unknown relation, no VOOL checkpoint ...) is a
+        rate-limited warning and an empty result, so a client waiting for an answer gets one."""
+        from ..backends import HiddenObjectAnswer
+
+        if self.model_kind == "semabs":
+            answer = self.backend.hidden_object(query.target, query.relation, query.reference)
+        else:
+            import numpy as _np
+
+            answer = HiddenObjectAnswer(query.target, query.relation, query.reference, self.output_grid(),
+                                        self.config.target_frame, _np.zeros(0, _np.uint32), _np.zeros(0, _np.float32),
+                                        stamp_ns=self.last_result.voxels.stamp_ns, random_weights=self.random_weights(),
+                                        model=self.model_name(),
+                                        error=f"hidden-object queries need model 'semabs' (model is {self.model_kind!r})")
+        if answer.error:
+            self.counters["hidden_refused"] += 1
+            self.warn("query", f"hidden-object query {query.target!r} {query.relation!r} {query.reference!r} "
+                               f"not answered: {answer.error}")
+        else:
+            self.counters["hidden_answered"] += 1
+            self.get_logger().info(
+                f"{'[RANDOM WEIGHTS] ' if answer.random_weights else ''}hidden object {query.target!r} "
+                f"{query.relation} {query.reference!r}: {len(answer.indices)} voxels with p >= "
+                f"{self.values['semabs.min_probability']}, max p = "
+                f"{float(answer.probabilities.max()) if len(answer.indices) else 0.0:.2f}")
+        self.hidden_pub.publish(hidden_object_to_msg(answer, query))
+        self.hidden_marker_pub.publish(hidden_object_to_markers(answer))
+        self.hidden_points_pub.publish(hidden_object_to_pointcloud2(answer))
+        self.last_answer = answer
+
     def _work(self) -> None:
         while True:
             with self._cv:
-                while self._pending is None and not self._stop:
+                while True:  # a frame to process, or queries stamped at or before the last frame
+                    if self._stop:
+                        return
+                    queries = [] if self._pending is not None else self._answerable_queries()
+                    if self._pending is not None or queries:
+                        break
                     self._cv.wait()
-                if self._stop:
-                    return
-                (matched, t_ready), self._pending = self._pending, None
+                pending, self._pending = self._pending, None
                 preset, self._pending_preset = self._pending_preset, None
+                vocab, self._pending_vocab = self._pending_vocab, None
+            if vocab is not None:
+                self.backend.set_labels(vocab)
+            if pending is None:
+                for query in queries:
+                    self._answer_safely(query)
+                continue
+            matched, t_ready = pending
             t_start = time.perf_counter()
             try:
                 if preset is not None:
                     self._apply_preset(preset)
                 inputs = self.camera_inputs(matched)
                 t_conv = time.perf_counter()
-                result = self.pipeline.process(inputs)
+                result = self.backend.process(inputs)
             except TransformUnavailable as err:
                 self.counters["skipped"] += 1
                 self.warn("tf", f"skipping frame: {err}")
@@ -395,14 +563,26 @@ class PerceptionNode(Node):
             t_end = time.perf_counter()
             stages = {"queue": t_start - t_ready, "convert": t_conv - t_start, "publish": t_end - t_pub,
                       "end_to_end": t_end - t_ready,
-                      **{k: result.timings_s[k] for k in ("relevancy", "backproject", "fuse")}}
+                      **{k: result.timings_s[k] for k in self.backend.stages}}
             result.timings_s.update({k: stages[k] for k in ("queue", "convert", "publish", "end_to_end")})
             with self._cv:
                 for k, v in stages.items():
                     self.latency[k].append(v)
                 self.counters["processed"] += 1
                 self.last_result = result
+                queries = self._answerable_queries()
                 self._cv.notify_all()
+            for query in queries:
+                self._answer_safely(query)
+
+    def _answer_safely(self, query) -> None:
+        try:
+            self._answer(query)
+        except Exception as err:  # noqa: BLE001 - a running node must survive any single query
+            self.counters["hidden_refused"] += 1
+            self.warn("query", f"hidden-object query failed after {err.__class__.__name__}: {err}")
+        with self._cv:
+            self._cv.notify_all()
 
     def publish(self, result: PipelineResult) -> None:
         """Publish the grid, and markers / points when enabled; log one summary line.
@@ -419,8 +599,8 @@ class PerceptionNode(Node):
         self.get_logger().info(
             f"{'[RANDOM WEIGHTS] ' if voxels.random_weights else ''}frame {voxels.stamp_ns / 1e9:.3f}: "
             f"{len(voxels.indices)} voxels, {sum(result.points_per_camera.values())} depth points; "
-            f"relevancy {t['relevancy']:.2f} s, back-projection {t['backproject']:.3f} s, "
-            f"fusion {t['fuse']:.3f} s, total {t['total']:.2f} s")
+            + ", ".join(f"{k.replace('_', ' ')} {t[k]:.3f} s" for k in self.backend.stages)
+            + f", total {t['total']:.2f} s")
 
     def diagnostics(self) -> DiagnosticArray:
         """diagnostic_msgs/DiagnosticArray: pipeline status (counters, rates over the last period,
@@ -442,10 +622,11 @@ class PerceptionNode(Node):
             values[f"latency_{k}_max_s"] = f"{np.max(lat):.4f}" if lat else "nan"
         values["warnings_logged"] = str(sum(c[0] for c in self.warn_counts.values()))
         values["warnings_suppressed"] = str(sum(c[1] for c in self.warn_counts.values()))
-        values.update({"tf_backend": self.tf_backend, "labels": str(len(self.pipeline.config.labels)),
+        values.update({"tf_backend": self.tf_backend, "labels": str(len(self.config.labels)),
                        "relevancy_preset": self.values["relevancy.preset"] or "(parameters)",
-                       "clip_model": self.pipeline.clip.name,
-                       "random_weights": str(self.pipeline.clip.random_weights).lower()})
+                       "model": self.model_kind, "model_name": self.model_name(),
+                       "clip_model": self.clip.name if self.clip is not None else "(none)",
+                       "random_weights": str(self.random_weights()).lower()})
         problems = []
         if delta["skipped"]:
             problems.append(f"{delta['skipped']} frames skipped")
