@@ -76,11 +76,13 @@ class _TimedRelevancy:
     def __init__(self, extractor: RelevancyExtractor) -> None:
         self.extractor = extractor
         self.seconds = 0.0
+        self.last_maps: np.ndarray | None = None  # (L, h, w) float32 maps of the last call
 
     def __call__(self, image: np.ndarray, labels: Sequence[str]) -> np.ndarray:
         t0 = time.perf_counter()
         try:
-            return self.extractor(image, labels)
+            self.last_maps = self.extractor(image, labels)
+            return self.last_maps
         finally:
             self.seconds += time.perf_counter() - t0
 
@@ -161,7 +163,7 @@ class SemAbsBackend:
 
         Returns:
             :class:`PipelineResult`: ``voxels`` in ``target_frame`` (score = sigmoid probability of the
-            winning label), ``relevancy`` of the camera, timings ``relevancy`` and
+            winning label), ``relevancy``: camera -> (L, h, w) float32 maps, timings ``relevancy`` and
             ``semabs_cloud_and_network`` [s].
 
         Raises:
@@ -183,7 +185,8 @@ class SemAbsBackend:
         total = time.perf_counter() - start
         timings = {"relevancy": self.relevancy.seconds, "semabs_cloud_and_network": total - self.relevancy.seconds,
                    "total": total}
-        return PipelineResult(voxels=voxels, relevancy={}, points_per_camera={self.camera: int(np.isfinite(depth).sum())},
+        return PipelineResult(voxels=voxels, relevancy={self.camera: self.relevancy.last_maps},
+                              points_per_camera={self.camera: int(np.isfinite(depth).sum())},
                               timings_s=timings)
 
     def hidden_object(self, target: str, relation: str, reference: str) -> HiddenObjectAnswer:

@@ -309,3 +309,67 @@ def save_relevancy_overlay_png(
     if random_weights:
         _banner(fig)
     return _save_figure_atomically(fig, path, dpi)
+
+
+def hidden_object_bev(answer: Any) -> np.ndarray:
+    """(nx, ny) float32 maximum over z of a hidden-object answer's probabilities (0 where no voxel of the
+    column is listed); ``[ix, iy]`` indexes as :func:`bev_label_image`."""
+    nx, ny, nz = answer.spec.dims
+    prob = np.zeros(nx * ny * nz, np.float32)
+    prob[np.asarray(answer.indices, np.int64)] = np.asarray(answer.probabilities, np.float32)
+    return prob.reshape(nx, ny, nz).max(axis=2)
+
+
+def save_hidden_object_png(voxels: SemanticVoxels, answer: Any, path: str | os.PathLike, image: np.ndarray | None = None,
+                           title: str | None = None, dpi: float = 100.0) -> Path:
+    """Hidden-object (VOOL) answer beside the semantic occupancy of the same grid, written atomically.
+
+    Panels: the camera image (when given); the bird's-eye view of ``voxels`` (label of the highest
+    occupied voxel per column, as :func:`save_bev_png`); and the answer's probability, maximum over z
+    per column (0 where no voxel is listed), same orientation (+x up, +y left), metres of
+    ``voxels.frame_id``. A red banner when either comes from random weights.
+
+    Args:
+        voxels: the semantic grid (OVSSC output).
+        answer: :class:`occ_audit_ros.backends.HiddenObjectAnswer` on the same grid geometry.
+        path: output PNG path. image: optional (H, W, 3) uint8 camera image. title: figure title.
+
+    Raises:
+        ValueError: when the answer's grid differs from ``voxels.spec``.
+    """
+    spec = voxels.spec
+    if answer.spec != spec:
+        raise ValueError(f"answer grid {answer.spec} differs from the semantic grid {spec}")
+    prob_bev = hidden_object_bev(answer)
+    labels_img = bev_label_image(voxels)
+    palette = label_palette(len(voxels.labels))
+    rgb = np.empty(labels_img.shape + (3,), dtype=np.float64)
+    rgb[:] = EMPTY_COLOR
+    rgb[labels_img >= 0] = palette[labels_img[labels_img >= 0]]
+    panels = 3 if image is not None else 2
+    fig = Figure(figsize=(5.0 * panels, 5.6), dpi=dpi)
+    axes = [fig.add_axes((0.04 + i / panels, 0.1, 0.8 / panels, 0.72)) for i in range(panels)]
+    if image is not None:
+        axes[0].imshow(image)
+        axes[0].set_title("camera image", fontsize=9)
+        axes[0].axis("off")
+    (x0, y0, _), (x1, y1, _) = spec.lower, spec.upper
+    ax_sem, ax_p = axes[-2], axes[-1]
+    ax_sem.imshow(rgb, origin="lower", extent=(y0, y1, x0, x1), interpolation="nearest")
+    im = ax_p.imshow(prob_bev, origin="lower", extent=(y0, y1, x0, x1), interpolation="nearest", cmap="magma",
+                     vmin=0.0, vmax=1.0)
+    for ax in (ax_sem, ax_p):
+        ax.set_xlim(y1, y0)
+        ax.set_ylim(x0, x1)
+        ax.set_xlabel(f"y [m] (left +) in {voxels.frame_id}")
+        ax.set_ylabel(f"x [m] (forward +)")
+    counts = voxels.counts_per_label()
+    ax_sem.legend(handles=[Patch(facecolor=palette[i], label=f"{lab} ({counts[lab]})")
+                           for i, lab in enumerate(voxels.labels)], fontsize=7, loc="upper right", framealpha=0.8)
+    ax_sem.set_title("OVSSC occupancy (top label per column)", fontsize=9)
+    ax_p.set_title(f"P({answer.target} {answer.relation} {answer.reference}), max over z", fontsize=9)
+    fig.colorbar(im, ax=ax_p, fraction=0.046, pad=0.04)
+    fig.text(0.5, 0.9, title or f"hidden-object query, model {answer.model}", ha="center", fontsize=10)
+    if voxels.random_weights or answer.random_weights:
+        _banner(fig)
+    return _save_figure_atomically(fig, path, dpi)

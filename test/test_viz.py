@@ -175,3 +175,25 @@ def test_relevancy_overlay_rejects(tmp_path, image, relevancy, labels):
     with pytest.raises(ValueError):
         viz.save_relevancy_overlay_png(image, relevancy, labels, tmp_path / "x.png")
     assert not list(tmp_path.iterdir())
+
+
+def test_hidden_object_png_places_probability_in_its_column(tmp_path):
+    from occ_audit_ros.backends import HiddenObjectAnswer
+
+    spec = VoxelGridSpec((5.0, -1.0, 0.0), (7.0, 1.0, 2.0), 0.5)  # 4 x 4 x 4
+    vox = SemanticVoxels(spec, "base_link", ["car", "road"], np.array([0, 63], np.uint32),
+                         np.array([0, 1], np.uint16), np.array([0.9, 0.8], np.float32))
+    flat = spec.flat_index(np.array([[3, 0, 1], [3, 0, 2]]))  # forward-most row, rightmost column (y = -1)
+    answer = HiddenObjectAnswer("mug", "behind", "car", spec, "base_link", flat.astype(np.uint32),
+                                np.array([0.2, 0.7], np.float32))
+    bev = viz.hidden_object_bev(answer)
+    assert bev.shape == (4, 4) and bev[3, 0] == pytest.approx(0.7) and np.count_nonzero(bev) == 1
+    image = np.zeros((90, 160, 3), np.uint8)
+    path = viz.save_hidden_object_png(vox, answer, tmp_path / "h.png", image=image, dpi=50)
+    png = np.asarray(Image.open(path).convert("RGB"))
+    assert png.shape == (280, 750, 3)
+    other = VoxelGridSpec((5.0, -1.0, 0.0), (7.0, 1.0, 2.0), 0.25)
+    with pytest.raises(ValueError, match="differs"):
+        viz.save_hidden_object_png(vox, HiddenObjectAnswer("a", "in", "b", other, "base_link", np.zeros(0, np.uint32),
+                                                           np.zeros(0, np.float32)), tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()

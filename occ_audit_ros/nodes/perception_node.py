@@ -111,7 +111,8 @@ def input_topics(cameras: list[str]) -> list[str]:
 def output_topics() -> list[str]:
     """Fully qualified output topics of the node (root namespace)."""
     return ["/" + t for t in (conventions.SEMANTIC_VOXELS_TOPIC, conventions.VOXEL_MARKERS_TOPIC,
-                              conventions.SEMANTIC_POINTS_TOPIC)] + ["/diagnostics"]
+                              conventions.SEMANTIC_POINTS_TOPIC, conventions.HIDDEN_RESULT_TOPIC,
+                              conventions.HIDDEN_MARKERS_TOPIC, conventions.HIDDEN_POINTS_TOPIC)] + ["/diagnostics"]
 
 
 class _Tf2RosLookup:
@@ -498,6 +499,10 @@ class PerceptionNode(Node):
                                         stamp_ns=self.last_result.voxels.stamp_ns, random_weights=self.random_weights(),
                                         model=self.model_name(),
                                         error=f"hidden-object queries need model 'semabs' (model is {self.model_kind!r})")
+        self.hidden_pub.publish(hidden_object_to_msg(answer, query))
+        self.hidden_marker_pub.publish(hidden_object_to_markers(answer))
+        self.hidden_points_pub.publish(hidden_object_to_pointcloud2(answer))
+        self.last_answer = answer  # before the counters: a client polling them then finds this answer
         if answer.error:
             self.counters["hidden_refused"] += 1
             self.warn("query", f"hidden-object query {query.target!r} {query.relation!r} {query.reference!r} "
@@ -509,10 +514,6 @@ class PerceptionNode(Node):
                 f"{query.relation} {query.reference!r}: {len(answer.indices)} voxels with p >= "
                 f"{self.values['semabs.min_probability']}, max p = "
                 f"{float(answer.probabilities.max()) if len(answer.indices) else 0.0:.2f}")
-        self.hidden_pub.publish(hidden_object_to_msg(answer, query))
-        self.hidden_marker_pub.publish(hidden_object_to_markers(answer))
-        self.hidden_points_pub.publish(hidden_object_to_pointcloud2(answer))
-        self.last_answer = answer
 
     def _work(self) -> None:
         while True:

@@ -44,6 +44,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="MMDetection3D info pickle with the GT boxes")
     p.add_argument("--rate", type=float, default=1.0, help="replay rate factor")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the node's output")
+    p.add_argument("--hidden-query", default=None, metavar="TARGET;RELATION;REFERENCE",
+                   help="after the frame, send this hidden-object query (needs model: semabs in the parameter "
+                        "file, e.g. config/perception_semabs.yaml) and draw its answer")
     return p
 
 
@@ -71,6 +74,35 @@ def read_voxel_grids(bag: Path):
         for _, _, raw in reader.messages(connections=conns):
             out.append(msg_to_semantic_voxels(deserialize_message(bytes(raw), SemanticVoxelGrid)))
     return out
+
+
+def _send_hidden_query(node, spec: str, timeout_s: float):
+    """Publish one HiddenObjectQuery ``TARGET;RELATION;REFERENCE`` from a client node and wait for the
+    perception node to answer it; returns its :class:`~occ_audit_ros.backends.HiddenObjectAnswer`.
+
+    Raises:
+        ValueError: when ``spec`` does not have three ';'-separated parts.
+        TimeoutError: when no answer comes within ``timeout_s``.
+    """
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from occ_audit_ros.msg import HiddenObjectQuery
+
+    parts = [p.strip() for p in spec.split(";")]
+    if len(parts) != 3:
+        raise ValueError(f"--hidden-query must be TARGET;RELATION;REFERENCE, got {spec!r}")
+    before = node.counters["hidden_answered"] + node.counters["hidden_refused"]
+    pub = node.create_publisher(HiddenObjectQuery, "/" + conventions.HIDDEN_QUERY_TOPIC,
+                                QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+    deadline = time.monotonic() + timeout_s
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pub.publish(HiddenObjectQuery(target=parts[0], relation=parts[1], reference=parts[2]))
+    while node.counters["hidden_answered"] + node.counters["hidden_refused"] <= before:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no answer to the hidden-object query within {timeout_s:.0f} s")
+        time.sleep(0.05)
+    return node.last_answer
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,7 +137,10 @@ def run(args: argparse.Namespace) -> int:
         node = PerceptionNode(cli_args=["--ros-args", "--params-file", str(params_file),
                                         "-p", f"clip_model:={args.clip_model}", "-p", f"device:={args.device}"])
         nodes.append(node)
-        recorder = BagRecorder(output_bag, topics=[f"{t}:{ty}" for t, ty in OUTPUT_TOPICS.items()],
+        record = dict(OUTPUT_TOPICS)
+        if args.hidden_query:
+            record["/" + conventions.HIDDEN_RESULT_TOPIC] = "occ_audit_ros/msg/HiddenObjectResult"
+        recorder = BagRecorder(output_bag, topics=[f"{t}:{ty}" for t, ty in record.items()],
                                msg_dirs=[str(paths.resource("msg"))])
         nodes.append(recorder)
         cam_topics = [conventions.image_topic(c) for c in node.cameras]
@@ -117,14 +152,15 @@ def run(args: argparse.Namespace) -> int:
             executor.add_node(n)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
-        recorder.wait_until_subscribed(list(OUTPUT_TOPICS), timeout_s=30.0)
+        recorder.wait_until_subscribed(list(record), timeout_s=30.0)
         playback = player.play()
         if not node.wait_for_frames(1, args.timeout):
             print(f"error: the perception node published nothing within {args.timeout:.0f} s "
                   f"(counters {node.counters})", file=sys.stderr)
             return 1
+        answer = _send_hidden_query(node, args.hidden_query, args.timeout) if args.hidden_query else None
         deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline and min(recorder.counts.get(t, 0) for t in OUTPUT_TOPICS) < 1:
+        while time.monotonic() < deadline and min(recorder.counts.get(t, 0) for t in record) < 1:
             time.sleep(0.05)
         counts = recorder.counts
         recorder.close()
@@ -143,6 +179,15 @@ def run(args: argparse.Namespace) -> int:
     voxels = grids[-1]
     title = f"scene-0061 keyframe, {voxels.model}" + (" (RANDOM WEIGHTS)" if voxels.random_weights else "")
     bev = save_bev_png(voxels, out / "bev_semantic_occupancy.png", boxes=keyframe.boxes, title=title)
+    hidden_png = None
+    if answer is not None and not answer.error:
+        from ..viz import save_hidden_object_png
+
+        cam = getattr(node.backend, "camera", None)
+        hidden_png = save_hidden_object_png(voxels, answer, out / "hidden_object.png",
+                                            image=keyframe.cameras[cam].image if cam else None,
+                                            title=f"scene-0061 keyframe: '{answer.target} {answer.relation} "
+                                                  f"{answer.reference}', {voxels.model}")
     overlays = []
     for cam, maps in result.relevancy.items():
         overlays.append(save_relevancy_overlay_png(keyframe.cameras[cam].image, maps, voxels.labels,
@@ -151,18 +196,24 @@ def run(args: argparse.Namespace) -> int:
     print("[4/4] summary", flush=True)
     lines = []
     if voxels.random_weights:
-        lines.append("!! RANDOM-WEIGHT OUTPUT: clip_model=%s has random weights; the labels below are NOT a "
-                     "real perception result. Pass --clip-model DIR with real CLIP ViT-B/32 weights." % voxels.model)
+        lines.append(f"!! RANDOM-WEIGHT OUTPUT: clip_model={args.clip_model} (model {voxels.model}) has random weights; "
+                     "the labels below are NOT a real perception result. Pass --clip-model DIR with real CLIP "
+                     "ViT-B/32 weights.")
     lines.append(f"input bag:  {input_bag} ({playback.messages_published} messages replayed in {playback.wall_duration_s:.2f} s)")
-    lines.append(f"output bag: {output_bag} (" + ", ".join(f"{t}: {counts.get(t, 0)}" for t in OUTPUT_TOPICS) + ")")
+    lines.append(f"output bag: {output_bag} (" + ", ".join(f"{t}: {counts.get(t, 0)}" for t in record) + ")")
     lines.append(f"node counters: {counters}")
     lines.append(f"semantic voxels: {len(voxels.indices)} occupied of {voxels.spec.num_voxels} "
                  f"(grid {voxels.spec.dims} x {voxels.spec.voxel_size} m in {voxels.frame_id})")
     for label, n in voxels.counts_per_label().items():
         lines.append(f"  {label:<14} {n:7d}")
-    lines.append("latency per stage (s, last frame, 6 cameras): " +
+    lines.append(f"latency per stage (s, last frame, {len(result.points_per_camera)} cameras): " +
                  ", ".join(f"{k} {v:.3f}" for k, v in result.timings_s.items()))
     lines.append(f"depth points per camera: {result.points_per_camera}")
+    if answer is not None:
+        lines.append(f"hidden-object query '{answer.target} {answer.relation} {answer.reference}': "
+                     + (f"NOT ANSWERED: {answer.error}" if answer.error else
+                        f"{len(answer.indices)} voxels with p >= {node.values['semabs.min_probability']}, max p = "
+                        f"{float(answer.probabilities.max()) if len(answer.indices) else 0.0:.3f}; picture {hidden_png}"))
     lines.append(f"BEV picture: {bev}")
     lines.append("relevancy overlays: " + ", ".join(str(p) for p in overlays))
     lines.append(f"demo wall time: {time.perf_counter() - t_start:.1f} s")
