@@ -72,8 +72,8 @@ PERCEPTION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("relevancy.batch_size", 32, "CLIP crops per forward pass."),
     ParamSpec("relevancy.autocast", "",
               "Autocast dtype of the CLIP passes: 'bfloat16' (CPU or GPU), 'float16' (GPU), 'none' (float32); "
-              "'' keeps the preset's. bfloat16 on 2 CPU cores: 1.21 s vs 2.18 s per keyframe, maps correlate "
-              "0.9998 with float32 (benchmarks/node_latency.py, docs/ros_node.md).",
+              "'' keeps the preset's. bfloat16 on 2 CPU cores: 1.51 s vs 2.19 s per keyframe end to end, maps "
+              "correlate 0.9998 with float32 (benchmarks/node_latency.py, docs/ros_node.md).",
               read_only=True, choices=("", "none", "bfloat16", "float16")),
     ParamSpec("cameras", list(CAMERA_CHANNELS),
               "Camera names; each has <ns>/image_raw, <ns>/camera_info and <ns>/depth with ns = lower-case name."),
