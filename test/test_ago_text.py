@@ -66,3 +66,43 @@ def test_vocabulary_and_noise(minilm):
     strict = NoiseSampler(minilm, ["car", "automobile", "sedan"] * 1, bank.emb, threshold=0.8)
     with pytest.raises(RuntimeError, match="could not draw"):
         strict.sample(1)
+
+
+def test_full_cache_hit_never_loads_model(minilm, tmp_path):
+    """A machine without the MiniLM weights runs from a carried cache: hits never load the model."""
+    enc = CachedTextEncoder(minilm.encoder, tmp_path / "c.safetensors")
+    ref = enc.encode(["road", "fire hydrant"])
+    enc.save()
+    lazy = MiniLMTextEncoder(model_dir=tmp_path / "no_such_model")
+    assert lazy.model is None and lazy.dim == 384 and lazy.name == minilm.name
+    hit = CachedTextEncoder(lazy, tmp_path / "c.safetensors")
+    assert torch.equal(hit.encode(["fire hydrant", "road"]), ref.flip(0))
+    assert lazy.model is None and hit.misses == 0
+    mtime = (tmp_path / "c.safetensors").stat().st_mtime_ns
+    hit.save(only_if_changed=True)  # nothing new: the shared file is left alone
+    assert (tmp_path / "c.safetensors").stat().st_mtime_ns == mtime
+    with pytest.raises(Exception):  # a miss needs the (absent) model
+        hit.encode(["bollard"])
+
+
+def test_oracle_vlm_targets(minilm):
+    """Simulated VLM voxel embeddings: the voxel's class texts, wrong classes at the set rate, zeros
+    on free / unobserved voxels."""
+    from occ_audit_ros.ago.oracle_vlm import OracleVoxelVLM
+
+    cfg = load_class_config()
+    sem = torch.tensor([4, 16, 17, 255] * 500)
+    clean = OracleVoxelVLM(minilm, cfg.phrases, noise=0.0, confusion=0.0, seed=0)
+    e = clean(sem)
+    assert e.shape == (2000, 384) and e.dtype == torch.float32
+    assert torch.all(e[2::4] == 0) and torch.all(e[3::4] == 0)
+    car = minilm.encode(clean.texts["car"])
+    assert torch.allclose((e[0::4] @ car.T).max(1).values, torch.ones(500), atol=1e-5)
+    assert len({tuple(r.tolist()) for r in e[0::4]}) == len(car)  # every car text gets drawn
+    wrong = OracleVoxelVLM(minilm, cfg.phrases, noise=0.0, confusion=1.0, seed=0)(sem)
+    assert (wrong[0::4] @ car.T).max(1).values.max() < 0.999  # never the own class
+    noisy = OracleVoxelVLM(minilm, cfg.phrases, noise=1.0, confusion=0.0, seed=0)(sem)
+    cos = (noisy[0::4] @ car.T).max(1).values
+    assert torch.allclose(noisy[0::4].norm(dim=1), torch.ones(500), atol=1e-5) and 0.5 < cos.mean() < 0.9
+    with pytest.raises(ValueError):
+        OracleVoxelVLM(minilm, cfg.phrases, confusion=1.5)

@@ -102,3 +102,39 @@ def test_visa_hook_from_config(tmp_path):
     except ImportError:
         with pytest.raises(ValueError, match="build_extra_losses"):
             train_ago.extra_losses_from_config({"visa": {"enabled": True}})
+
+
+def test_linear_head_oracle_align_and_samples_file(tmp_path):
+    """The closed-set linear baseline and L_align against simulated VLM targets train through the
+    same trainer; samples stored with save_samples_file train without the nuScenes loader."""
+    from occ_audit_ros.ago.data import load_samples, load_samples_file, save_samples_file
+    from occ_audit_ros.ago.head import LinearHead
+    from occ_audit_ros.voxel_grid import VoxelGridSpec
+    from occ_audit_ros.ago.occ_gt import OCC3D_SPEC
+
+    cfg = _cfg(tmp_path / "lin", ["optim.steps=1", "vocabulary=open_world_pretrain", "model.head=linear",
+                                  "model.adapter=false", "noise.enabled=false"])
+    spec = VoxelGridSpec(OCC3D_SPEC.lower, OCC3D_SPEC.upper, 3.2)
+    samples = load_samples(spec=spec, image_scale=0.05, gt_dir=tmp_path / "gt", pixel_stride=48)
+    f = save_samples_file(tmp_path / "s.safetensors", samples)
+    back = load_samples_file(f, spec)
+    assert torch.allclose(back[0].images, samples[0].images, atol=1e-6) and torch.equal(back[0].semantics, samples[0].semantics)
+    assert torch.equal(back[0].geom.grid, samples[0].geom.grid) and torch.equal(back[0].mask_camera, samples[0].mask_camera)
+    cfg["data"]["samples_file"] = str(f)
+    r = train_ago.train(cfg, progress=False)
+    assert r["step"] == 1 and set(r["losses"]) == {"grounding", "occ", "total"} and r["device"] in ("cpu", "cuda:0")
+    from occ_audit_ros.ago.prompts import encode_vocabulary
+
+    _, text, vocab, bank, _, _, _, model = train_ago.build_everything(cfg)
+    assert isinstance(model.head, LinearHead) and model.head.linear.out_features == len(vocab) + 1 == 6
+    assert model.head(torch.zeros(3, bank.emb.shape[1]), bank)["logits"].shape == (3, 6)
+    with pytest.raises(ValueError, match="cannot score"):
+        model.head(torch.zeros(3, bank.emb.shape[1]), encode_vocabulary(text, ["car", "tree"]))
+    cfg2 = _cfg(tmp_path / "orc", ["optim.steps=1", "vocabulary=open_world_pretrain", "align.enabled=true",
+                                   "align.source=oracle", "noise.count=4", f"data.samples_file={f}"])
+    r2 = train_ago.train(cfg2, progress=False)
+    assert set(r2["losses"]) == {"grounding", "occ", "align", "total"} and 0.0 < r2["losses"]["align"] < 2.0
+    # wall-clock budget: stops at once, still checkpoints
+    cfg3 = _cfg(tmp_path / "wall", ["optim.steps=50", "optim.max_wall_s=1e-9", f"data.samples_file={f}", "noise.count=4"])
+    r3 = train_ago.train(cfg3, progress=False)
+    assert r3["stopped_early"] and r3["step"] == 0 and latest_checkpoint(tmp_path / "wall").name == "ckpt-000000"

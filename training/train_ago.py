@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ if str(REPO) not in sys.path:
 from occ_audit_ros.config_overrides import apply_overrides  # noqa: E402
 from occ_audit_ros.ago.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from occ_audit_ros.ago.classes import load_class_config  # noqa: E402
-from occ_audit_ros.ago.data import collate, load_samples, training_vocabulary  # noqa: E402
+from occ_audit_ros.ago.data import collate, load_samples, load_samples_file, training_vocabulary  # noqa: E402
 from occ_audit_ros.ago.metrics import OccConfusion, occ3d_table  # noqa: E402
 from occ_audit_ros.ago.model import ago_losses, build_model  # noqa: E402
 from occ_audit_ros.ago.network import ClipPatchEncoder  # noqa: E402
@@ -75,7 +76,11 @@ def _dist_setup() -> tuple[int, int]:
 
 
 def build_everything(cfg: dict, rank: int = 0):
-    """Class config, text encoder, vocabulary bank, label map, grid, CLIP bundle (or None), model."""
+    """Class config, text encoder, vocabulary bank, label map, grid, CLIP bundle (or None), model.
+
+    The text-embedding cache is ``cfg["text_cache"]`` when set (a shared, precomputed safetensors
+    file: with every text in it the MiniLM weights are never loaded), else
+    ``<out_dir>/text_cache_rank<rank>.safetensors``."""
     ccfg = load_class_config(cfg.get("classes"))
     clip = None
     if cfg.get("clip_model"):
@@ -83,12 +88,13 @@ def build_everything(cfg: dict, rank: int = 0):
 
         clip = load_clip(cfg["clip_model"])
     out = Path(cfg["out_dir"])
-    text = build_text_encoder(cfg.get("text_encoder", "minilm"), clip, out / f"text_cache_rank{rank}.safetensors")
+    cache = cfg.get("text_cache") or out / f"text_cache_rank{rank}.safetensors"
+    text = build_text_encoder(cfg.get("text_encoder", "minilm"), clip, cache)
     vocab, label_map = training_vocabulary(ccfg, cfg.get("vocabulary", "closed"))
     bank = encode_vocabulary(text, vocab)
     d = cfg["data"]
     spec = VoxelGridSpec(OCC3D_SPEC.lower, OCC3D_SPEC.upper, d["voxel_size"])
-    mcfg = dict(cfg["model"], voxel_size=d["voxel_size"])
+    mcfg = dict(cfg["model"], voxel_size=d["voxel_size"], num_categories=len(vocab))
     model = build_model(mcfg, text.dim, clip)
     return ccfg, text, vocab, bank, label_map, spec, clip, model
 
@@ -120,6 +126,34 @@ def extra_losses_from_config(cfg: dict) -> list:
     return list(build_extra_losses(v, cfg))
 
 
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """``auto`` (default): ``cuda`` (this rank's ``LOCAL_RANK`` GPU) when available, else ``cpu``;
+    otherwise the named device.
+
+    Raises:
+        ValueError: ``cuda`` requested but unavailable.
+    """
+    name = name or "auto"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device cuda requested but torch.cuda.is_available() is False")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def sample_to(s, device):
+    """An :class:`AgoSample` with every tensor (and its lift geometry) on ``device``."""
+    import dataclasses
+
+    return dataclasses.replace(s, images=s.images.to(device), depth=s.depth.to(device), geom=s.geom.to(device),
+                               semantics=s.semantics.to(device), mask_camera=s.mask_camera.to(device))
+
+
 def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = True) -> dict:
     """Run training as configured; returns ``{"step", "losses" (last), "log" path, "checkpoint"}``.
 
@@ -135,21 +169,33 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
         ValueError: inconsistent config (alignment without a shared CLIP space).
     """
     rank, world = _dist_setup()
+    device = resolve_device(cfg.get("device", "auto"))
     if extra_losses is None:
         extra_losses = extra_losses_from_config(cfg)
     torch.manual_seed(cfg.get("seed", 0))  # same init on every rank (DDP also broadcasts)
     ccfg, text, vocab, bank, label_map, spec, clip, model = build_everything(cfg, rank)
     out = Path(cfg["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    align_enc = None
-    if cfg.get("align", {}).get("enabled"):
+    align_enc = align_target = None
+    acfg = cfg.get("align", {}) or {}
+    if acfg.get("enabled") and acfg.get("source", "clip") == "oracle":
+        from occ_audit_ros.ago.oracle_vlm import OracleVoxelVLM
+
+        align_target = OracleVoxelVLM(text, ccfg.phrases, acfg.get("noise", 1.0), acfg.get("confusion", 0.2),
+                                      seed=cfg.get("seed", 0) * 1000 + 17 + rank)
+    elif acfg.get("enabled"):
+        if acfg.get("source", "clip") != "clip":
+            raise ValueError(f"align.source must be 'clip' or 'oracle', got {acfg.get('source')!r}")
         if clip is None or cfg.get("text_encoder") != "clip":
             raise ValueError("align.enabled needs clip_model and text_encoder: clip (image and text in one space)")
-        align_enc = ClipPatchEncoder(clip)
+        align_enc = ClipPatchEncoder(clip).to(device)
+    model.to(device)
     d, o = cfg["data"], cfg["optim"]
     gt_dir = d.get("gt_dir")
 
     def _load():
+        if d.get("samples_file"):  # precomputed (save_samples_file): no nuScenes devkit needed
+            return load_samples_file(d["samples_file"], spec)
         return load_samples(d.get("dataroot"), d.get("annotations"), d.get("tokens"), spec, d["image_scale"],
                             gt_dir, d.get("gt_pixel_stride", 16), progress=progress and rank == 0)
 
@@ -158,9 +204,10 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
         dist.barrier()
     if samples is None:
         samples = _load()
+    samples = [sample_to(s, device) for s in samples]
     sampler = None
     if cfg.get("noise", {}).get("enabled", True):
-        sampler = NoiseSampler(text, dictionary_words(), bank.emb, cfg["noise"].get("threshold", 0.8),
+        sampler = NoiseSampler(text, dictionary_words(path=cfg["noise"].get("dictionary_file")), bank.emb, cfg["noise"].get("threshold", 0.8),
                                seed=cfg.get("seed", 0) * 1000 + rank, pool_size=cfg["noise"].get("pool_size"))
     opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
     step = 0
@@ -168,9 +215,11 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
         step = int(load_checkpoint(ck, model, opt)["step"])
     ddp = model
     if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     meta = {"config": cfg, "vocabulary": vocab, "embed_dim": text.dim, "text_encoder": text.name,
-            "grid": {"lower": spec.lower, "upper": spec.upper, "voxel_size": spec.voxel_size}}
+            "grid": {"lower": spec.lower, "upper": spec.upper, "voxel_size": spec.voxel_size},
+            "image_hw": list(samples[0].images.shape[-2:])}
     log_path = out / "log.jsonl"
     rng = np.random.default_rng(cfg.get("seed", 0) + 7919 * rank)
     n_noise = cfg.get("noise", {}).get("count") or len(bank.token_cat)
@@ -178,15 +227,27 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
 
     bar = tqdm(total=o["steps"], initial=step, desc="train_ago", disable=not progress or rank != 0)
     losses = {}
+    t_start = time.monotonic()
+    max_wall = float(o["max_wall_s"]) if o.get("max_wall_s") else None  # seconds of training (not loading)
+    stopped_early = False
     while step < o["steps"]:
+        if max_wall and time.monotonic() - t_start > max_wall:
+            flag = torch.tensor([1.0], device=device)
+        else:
+            flag = torch.tensor([0.0], device=device)
+        if world > 1:
+            dist.all_reduce(flag)
+        if flag.item() > 0:  # wall-clock budget spent (all ranks stop together); checkpoint below
+            stopped_early = True
+            break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, o)
         # each rank draws its own samples (DistributedSampler-equivalent for a handful of frames)
         idx = rng.choice(len(samples), size=o["batch_size"], replace=len(samples) < o["batch_size"])
         batch = collate([samples[i] for i in idx], label_map)
-        noise = sampler.sample(n_noise)[1] if sampler is not None else None
+        noise = sampler.sample(n_noise)[1].to(device) if sampler is not None else None
         outputs = ddp(batch["images"], batch["geoms"], bank, noise, batch["depth"])
-        loss = ago_losses(batch, outputs, bank, align_enc, extra_losses, model)
+        loss = ago_losses(batch, outputs, bank, align_enc, extra_losses, model, align_target)
         opt.zero_grad(set_to_none=True)
         loss["total"].backward()
         if o.get("grad_clip"):
@@ -195,7 +256,7 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
         step += 1
         losses = {k: float(v.detach()) for k, v in loss.items()}
         if world > 1:
-            t = torch.tensor([losses[k] for k in sorted(losses)])
+            t = torch.tensor([losses[k] for k in sorted(losses)], device=device)
             dist.all_reduce(t)
             losses = {k: float(v) / world for k, v in zip(sorted(losses), t)}
         bar.update(1)
@@ -208,10 +269,14 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
                 save_checkpoint(out, step, model, opt, meta)
     bar.close()
     if rank == 0:
-        text.save()
+        ck = latest_checkpoint(out)
+        if stopped_early and (ck is None or ck.name != f"ckpt-{step:06d}"):
+            save_checkpoint(out, step, model, opt, meta)
+        text.save(only_if_changed=True)
     if world > 1:
         dist.barrier()
-    return {"step": step, "losses": losses, "log": str(log_path), "checkpoint": str(latest_checkpoint(out))}
+    return {"step": step, "losses": losses, "log": str(log_path), "checkpoint": str(latest_checkpoint(out)),
+            "stopped_early": stopped_early, "device": str(device), "wall_s": round(time.monotonic() - t_start, 1)}
 
 
 @torch.no_grad()
@@ -223,7 +288,7 @@ def evaluate(model, samples, bank, label_map, identifier: str | None = "entropy"
     for s in samples:
         b = collate([s], label_map)
         pred = model.predict(b["images"], b["geoms"], bank, b["depth"], identifier)["labels"][0]
-        conf.update(pred.numpy(), s.semantics.numpy(), s.mask_camera.numpy())
+        conf.update(pred.cpu().numpy(), s.semantics.cpu().numpy(), s.mask_camera.cpu().numpy())
     model.train()
     return conf
 

@@ -20,7 +20,8 @@ from .classes import FREE_LABEL, IGNORE_LABEL, OCC3D_CLASSES, ClassConfig
 from .network import LiftGeometry, lift_geometry
 from .occ_gt import OccupancyGT, keyframe_occupancy_gt
 
-__all__ = ["AgoSample", "sample_from_keyframe", "load_samples", "sample_tokens", "training_vocabulary", "collate"]
+__all__ = ["AgoSample", "sample_from_keyframe", "load_samples", "sample_tokens", "training_vocabulary", "collate",
+           "save_samples_file", "load_samples_file"]
 
 
 @dataclass
@@ -35,6 +36,9 @@ class AgoSample:
         geom: voxel-to-camera :class:`LiftGeometry` (grid in ``base_link`` at the LiDAR time).
         semantics: (X, Y, Z) int64 Occ3D labels (0-16, 17 free, 255 unobserved).
         mask_camera: (X, Y, Z) bool.
+        cams: the ``(K (3, 3), T_base_cam (4, 4), width, height)`` per camera the geometry was built
+            from (full-resolution intrinsics and size), or None; kept so a sample can be stored
+            without its (large) geometry (:func:`save_samples_file`).
     """
 
     token: str
@@ -43,6 +47,7 @@ class AgoSample:
     geom: LiftGeometry
     semantics: torch.Tensor
     mask_camera: torch.Tensor
+    cams: list | None = None
 
 
 def _resize(image: np.ndarray, scale: float) -> np.ndarray:
@@ -85,7 +90,8 @@ def sample_from_keyframe(kf, spec: VoxelGridSpec, image_scale: float = 0.1, gt: 
     if gt.semantics.shape != spec.dims:
         raise ValueError(f"GT grid {gt.semantics.shape} != spec dims {spec.dims}")
     return AgoSample(kf.sample_token, torch.stack(images), torch.stack(depths), lift_geometry(spec, cams),
-                     torch.from_numpy(gt.semantics.astype(np.int64)), torch.from_numpy(gt.mask_camera.astype(bool)))
+                     torch.from_numpy(gt.semantics.astype(np.int64)), torch.from_numpy(gt.mask_camera.astype(bool)),
+                     cams)
 
 
 def _find_gt(gt_dir, token: str):
@@ -151,6 +157,75 @@ def load_samples(dataroot=None, annotations_pkl=None, tokens=None, spec: VoxelGr
     return out
 
 
+def save_samples_file(path, samples: list[AgoSample]) -> Path:
+    """Store samples compactly (no nuScenes devkit needed to read them back): one safetensors file,
+    written atomically (temp + ``os.replace``), with per sample ``<i>/images`` (Ncam, 3, H, W) uint8
+    (``round(255 * images)``: lossless for images resized from uint8), ``<i>/depth`` float32 [m],
+    ``<i>/semantics`` uint8 Occ3D labels, ``<i>/mask_camera`` uint8, and the tokens and cameras
+    (K, T_base_cam, width, height) as JSON metadata; the lift geometry is recomputed on loading.
+
+    Raises:
+        ValueError: a sample without ``cams``, or labels outside 0-255.
+    """
+    import json
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    tensors, meta = {}, []
+    for i, s in enumerate(samples):
+        if s.cams is None:
+            raise ValueError(f"sample {s.token} has no cams (build it with sample_from_keyframe)")
+        if int(s.semantics.min()) < 0 or int(s.semantics.max()) > 255:
+            raise ValueError(f"sample {s.token}: semantics outside 0-255")
+        tensors[f"{i}/images"] = (s.images.cpu() * 255).round().clamp(0, 255).to(torch.uint8).contiguous()
+        tensors[f"{i}/depth"] = s.depth.cpu().float().contiguous()
+        tensors[f"{i}/semantics"] = s.semantics.cpu().to(torch.uint8).contiguous()
+        tensors[f"{i}/mask_camera"] = s.mask_camera.cpu().to(torch.uint8).contiguous()
+        meta.append({"token": s.token, "cams": [[np.asarray(K, float).tolist(), np.asarray(T, float).tolist(), int(w), int(h)]
+                                                for K, T, w, h in s.cams]})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"ago_samples": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_samples_file(path, spec: VoxelGridSpec) -> list[AgoSample]:
+    """Samples written by :func:`save_samples_file`, lift geometry rebuilt for ``spec``.
+
+    Raises:
+        FileNotFoundError: no file; ValueError: not a samples file, or a grid that is not ``spec``'s.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"samples file {path} not found")
+    with safe_open(str(path), "pt") as f:
+        md = f.metadata() or {}
+        if "ago_samples" not in md:
+            raise ValueError(f"{path} is not an AGO samples file")
+        out = []
+        for i, m in enumerate(json.loads(md["ago_samples"])):
+            sem = f.get_tensor(f"{i}/semantics").long()
+            if tuple(sem.shape) != tuple(spec.dims):
+                raise ValueError(f"{path}: sample {i} grid {tuple(sem.shape)} != {spec.dims}")
+            cams = [(np.array(K), np.array(T), w, h) for K, T, w, h in m["cams"]]
+            out.append(AgoSample(m["token"], f.get_tensor(f"{i}/images").float() / 255.0, f.get_tensor(f"{i}/depth"),
+                                 lift_geometry(spec, cams), sem, f.get_tensor(f"{i}/mask_camera").bool(), cams))
+    return out
+
+
 def training_vocabulary(cfg: ClassConfig, mode: str) -> tuple[dict, np.ndarray]:
     """Training vocabulary and the Occ3D-label -> training-target map.
 
@@ -189,7 +264,7 @@ def collate(samples: list[AgoSample], label_map: np.ndarray | None = None) -> di
     """Stack samples into a batch dict (``images``, ``depth``, ``geoms``, ``semantics``, ``target``,
     ``mask_camera``, ``tokens``); ``target`` = ``label_map[semantics]`` (identity when None)."""
     sem = torch.stack([s.semantics for s in samples])
-    lm = torch.from_numpy(label_map) if label_map is not None else torch.arange(256)
+    lm = (torch.from_numpy(label_map) if label_map is not None else torch.arange(256)).to(sem.device)
     return {"images": torch.stack([s.images for s in samples]), "depth": torch.stack([s.depth for s in samples]),
             "geoms": [s.geom for s in samples], "semantics": sem, "target": lm[sem],
             "mask_camera": torch.stack([s.mask_camera for s in samples]), "tokens": [s.token for s in samples]}

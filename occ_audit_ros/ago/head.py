@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .prompts import TextBank
 
-__all__ = ["ModalityAdapter", "GroundingHead", "entropy", "open_world_identify"]
+__all__ = ["ModalityAdapter", "GroundingHead", "LinearHead", "entropy", "open_world_identify"]
 
 
 class ModalityAdapter(nn.Module):
@@ -94,6 +94,39 @@ class GroundingHead(nn.Module):
             out["adapted"] = adapted
             out["logits_adapted"] = self.logits(adapted, bank, noise_emb)
         return out
+
+
+class LinearHead(nn.Module):
+    """Closed-set baseline: a linear classifier over the same voxel embeddings F^{3D}.
+
+    ``logits = W f + b`` with one row per training category and one for free; it has no text input,
+    so it can only output the categories it was trained on (it cannot name held-out classes). The
+    ``bank`` argument is accepted for interface parity with :class:`GroundingHead` and must have the
+    training vocabulary's size; noise prompts are ignored (no noise columns, M = 0).
+
+    Args:
+        dim: embedding width C.
+        num_categories: K training categories (output K + 1 with free at K).
+    """
+
+    def __init__(self, dim: int, num_categories: int):
+        super().__init__()
+        self.dim, self.num_categories = int(dim), int(num_categories)
+        self.linear = nn.Linear(self.dim, self.num_categories + 1)
+        self.adapter = None
+
+    def forward(self, feats: torch.Tensor, bank: TextBank | None = None, noise_emb=None) -> dict:
+        """(N, C) float -> ``{"logits": (N, K + 1)}`` (categories, free).
+
+        Raises:
+            ValueError: width mismatch, or a vocabulary of another size than the training one.
+        """
+        if feats.shape[-1] != self.dim:
+            raise ValueError(f"voxel width {feats.shape[-1]} != head width {self.dim}")
+        if bank is not None and bank.num_categories != self.num_categories:
+            raise ValueError(f"the linear head was trained on {self.num_categories} categories and cannot "
+                             f"score a vocabulary of {bank.num_categories} (it has no text input)")
+        return {"logits": self.linear(feats)}
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:

@@ -56,16 +56,21 @@ class AgoPredictor:
         model: trained model (eval mode is set here).
         text: the frozen text encoder the model was trained with.
         spec: voxel grid (``base_link``).
-        image_scale: image resize factor used in training.
+        image_scale: image resize factor used in training (used when ``image_hw`` is None).
         identifier: ``"entropy"`` (AGO Eq. 9), ``"confidence"`` or None (grounding branch only).
         random_weights: True when the checkpoint's image/text encoders have random weights.
         name: checkpoint path (for ``SemanticVoxels.model``).
+        image_hw: (H, W) pixels the model was trained on; when set, every input image is resized to
+            it whatever its size (a model trained on the simulator's 400 x 225 cameras at scale 0.25
+            then sees nuScenes' 1600 x 900 images at the same 100 x 56), else by ``image_scale``.
     """
 
     def __init__(self, model: AgoModel, text: TextEncoder, spec: VoxelGridSpec, image_scale: float,
-                 identifier: str | None = "entropy", random_weights: bool = False, name: str = ""):
+                 identifier: str | None = "entropy", random_weights: bool = False, name: str = "",
+                 image_hw: tuple | None = None):
         self.model = model.eval()
         self.text, self.spec, self.image_scale = text, spec, image_scale
+        self.image_hw = tuple(image_hw) if image_hw else None
         self.identifier, self.random_weights, self.name = identifier, random_weights, name
         self.bank: TextBank | None = None
         self._geom_cache: dict = {}
@@ -88,14 +93,18 @@ class AgoPredictor:
             from ..clip_model import load_clip
 
             clip = load_clip(cfg["clip_model"], device=device)
-        text = build_text_encoder(cfg.get("text_encoder", "minilm"), clip, device=device)
+        cache = cfg.get("text_cache")  # the training's precomputed cache, when it is on this machine
+        cache = cache if cache and Path(cache).is_file() else None
+        text = build_text_encoder(cfg.get("text_encoder", "minilm"), clip, cache, device=device)
         g = meta["grid"]
         spec = VoxelGridSpec(tuple(g["lower"]), tuple(g["upper"]), g["voxel_size"])
-        model = build_model(dict(cfg["model"], voxel_size=spec.voxel_size), meta["embed_dim"], clip)
+        model = build_model(dict(cfg["model"], voxel_size=spec.voxel_size, num_categories=len(meta["vocabulary"])),
+                            meta["embed_dim"], clip)
         load_checkpoint(ck, model)
         model.to(device)
         pred = cls(model, text, spec, cfg["data"]["image_scale"], identifier,
-                   random_weights=bool(clip is not None and clip.random_weights), name=str(ck))
+                   random_weights=bool(clip is not None and clip.random_weights), name=str(ck),
+                   image_hw=meta.get("image_hw"))
         pred.set_vocabulary(meta["vocabulary"])
         return pred
 
@@ -152,7 +161,13 @@ class AgoPredictor:
             if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
                 raise ValueError(f"images must be (H, W, 3) uint8, got {im.shape} {im.dtype}")
             sizes.append((im.shape[1], im.shape[0]))
-            ims.append(torch.from_numpy(np.array(_resize(im, self.image_scale))).permute(2, 0, 1).float() / 255)
+            if self.image_hw is not None:
+                from PIL import Image
+
+                small = np.asarray(Image.fromarray(im).resize((self.image_hw[1], self.image_hw[0]), Image.BILINEAR))
+            else:
+                small = _resize(im, self.image_scale)
+            ims.append(torch.from_numpy(np.array(small)).permute(2, 0, 1).float() / 255)
         geom = self._geometry(Ks, T_base_cams, sizes)
         dev = next(self.model.parameters()).device
         dep = None

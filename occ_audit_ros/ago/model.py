@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .head import GroundingHead, open_world_identify
+from .head import GroundingHead, LinearHead, open_world_identify
+from .classes import FREE_LABEL, IGNORE_LABEL
 from .losses import alignment_loss, grounding_loss, occupancy_loss
 from .network import CameraToVoxelNet, ClipPatchEncoder, SmallCNN, lift_features
 from .prompts import TextBank
@@ -78,10 +79,13 @@ def build_model(cfg: dict, embed_dim: int, clip_bundle=None) -> AgoModel:
     """Model from the ``model`` section of a training config.
 
     Keys: ``image_encoder`` (``cnn`` | ``clip``), ``cnn_channels``, ``cnn_width``, ``hidden``,
-    ``adapter`` (bool), ``logit_scale_init``, ``voxel_size``, ``clip_short_side``.
+    ``adapter`` (bool), ``logit_scale_init``, ``voxel_size``, ``clip_short_side``, ``head``
+    (``grounding``, default: text-grounded :class:`GroundingHead`; ``linear``: the closed-set
+    :class:`LinearHead` baseline over the same features, which needs ``num_categories``).
 
     Raises:
-        ValueError: unknown encoder, or ``clip`` without a bundle.
+        ValueError: unknown encoder / head, ``clip`` without a bundle, ``linear`` without
+            ``num_categories``.
     """
     kind = cfg.get("image_encoder", "cnn")
     if kind == "cnn":
@@ -93,12 +97,20 @@ def build_model(cfg: dict, embed_dim: int, clip_bundle=None) -> AgoModel:
     else:
         raise ValueError(f"unknown image_encoder {kind!r}; expected 'cnn' or 'clip'")
     net = CameraToVoxelNet(enc, embed_dim, cfg.get("hidden", 32), cfg.get("voxel_size", 0.4))
-    head = GroundingHead(embed_dim, cfg.get("logit_scale_init", 1 / 0.07), cfg.get("adapter", True))
+    kind = cfg.get("head", "grounding")
+    if kind == "grounding":
+        head = GroundingHead(embed_dim, cfg.get("logit_scale_init", 1 / 0.07), cfg.get("adapter", True))
+    elif kind == "linear":
+        if not cfg.get("num_categories"):
+            raise ValueError("head 'linear' needs num_categories (the training vocabulary size)")
+        head = LinearHead(embed_dim, int(cfg["num_categories"]))
+    else:
+        raise ValueError(f"unknown head {kind!r}; expected 'grounding' or 'linear'")
     return AgoModel(net, head)
 
 
 def ago_losses(batch: dict, out: dict, bank: TextBank, align_encoder=None,
-               extra: list[ExtraLoss] | None = None, model: AgoModel | None = None) -> dict:
+               extra: list[ExtraLoss] | None = None, model: AgoModel | None = None, align_target=None) -> dict:
     """L = L_grounding + L_occ + L_align (+ extra terms) (AGO Eq. 8, unit weights).
 
     Args:
@@ -108,6 +120,13 @@ def ago_losses(batch: dict, out: dict, bank: TextBank, align_encoder=None,
         bank: the vocabulary (K).
         align_encoder: frozen image encoder in the text space (CLIP patches) for L_align, or None.
         extra: extra loss hooks.
+        align_target: alternative L_align target, ``fn(semantics (B, X, Y, Z) Occ3D labels) ->
+            (B*V, C)`` voxel embeddings (e.g. :class:`.oracle_vlm.OracleVoxelVLM`); used instead of
+            ``align_encoder`` when given.
+
+    V_vis (L_align's voxels) = inside ``mask_camera``, seen by a camera, and non-empty in
+    ``batch["semantics"]`` (Occ3D labels: any class, also classes ignored by the grounding target,
+    since occupancy is class-agnostic).
 
     Returns:
         dict of scalar tensors: ``grounding``, ``occ``, ``align`` (when used), extra terms,
@@ -117,15 +136,19 @@ def ago_losses(batch: dict, out: dict, bank: TextBank, align_encoder=None,
     K = bank.num_categories
     losses = {"grounding": grounding_loss(out["logits"], target),
               "occ": occupancy_loss(out["logits"], target, free_index=K)}
-    if align_encoder is not None and "adapted" in out:
+    if (align_encoder is not None or align_target is not None) and "adapted" in out:
         images, geoms = batch["images"], batch["geoms"]
         with torch.no_grad():
-            feats = align_encoder(images.flatten(0, 1))
-            feats = feats.view(images.shape[0], images.shape[1], *feats.shape[1:])
-            emb = torch.stack([lift_features(feats[b], geoms[b])[: feats.shape[2]] for b in range(len(geoms))])
-            emb = emb.permute(0, 2, 3, 4, 1).reshape(-1, feats.shape[2])
-        seen = torch.stack([g.valid.any(0) for g in geoms]).reshape(-1)
-        vis = batch["mask_camera"].reshape(-1) & seen & (target != K) & (target != 255)
+            if align_target is not None:
+                emb = align_target(batch["semantics"]).to(out["adapted"])
+            else:
+                feats = align_encoder(images.flatten(0, 1))
+                feats = feats.view(images.shape[0], images.shape[1], *feats.shape[1:])
+                emb = torch.stack([lift_features(feats[b], geoms[b])[: feats.shape[2]] for b in range(len(geoms))])
+                emb = emb.permute(0, 2, 3, 4, 1).reshape(-1, feats.shape[2])
+        seen = torch.stack([g.valid.any(0) for g in geoms]).reshape(-1).to(target.device)
+        sem = batch["semantics"].reshape(-1)
+        vis = batch["mask_camera"].reshape(-1) & seen & (sem != FREE_LABEL) & (sem != IGNORE_LABEL)
         losses["align"] = alignment_loss(out["adapted"], emb, vis)
     for fn in extra or []:
         losses.update(fn(batch, out, model))

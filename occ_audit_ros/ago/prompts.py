@@ -12,13 +12,14 @@ a label phrase are rejected (``ago.md`` §8, design choice).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .text import TextEncoder, minilm_model_dir
 
-__all__ = ["TextBank", "encode_vocabulary", "dictionary_words", "NoiseSampler"]
+__all__ = ["TextBank", "encode_vocabulary", "dictionary_words", "write_dictionary", "NoiseSampler"]
 
 
 @dataclass
@@ -71,18 +72,38 @@ def encode_vocabulary(encoder: TextEncoder, vocabulary) -> TextBank:
     return TextBank(names, encoder.encode(phrases), torch.tensor(cats, dtype=torch.int64))
 
 
-def dictionary_words(min_len: int = 4) -> list[str]:
+def dictionary_words(min_len: int = 4, path=None) -> list[str]:
     """General-dictionary words for noise prompts: whole, lower-case alphabetic WordPiece tokens of
     the all-MiniLM-L6-v2 vocabulary (no ``##`` pieces, no ``[unused]``), at least ``min_len`` letters.
+
+    Args:
+        min_len: shortest word kept.
+        path: optional text file, one word per line (a copy written by :func:`write_dictionary`, for
+            machines without the MiniLM wheel); default: the wheel's ``vocab.txt``.
 
     Returns:
         sorted list of ~20 k English words.
 
     Raises:
+        FileNotFoundError: MiniLM wheel not installed (and no ``path``), or ``path`` missing.
+    """
+    src = Path(path) if path else minilm_model_dir() / "vocab.txt"
+    if not src.is_file():
+        raise FileNotFoundError(f"dictionary file {src} not found")
+    words = src.read_text(encoding="utf-8").split("\n")
+    return sorted({w for w in words if len(w) >= min_len and w.isascii() and w.isalpha() and w.islower()})
+
+
+def write_dictionary(path, min_len: int = 4) -> Path:
+    """Write :func:`dictionary_words` (from the MiniLM wheel) to ``path``, one word per line.
+
+    Raises:
         FileNotFoundError: MiniLM wheel not installed.
     """
-    words = (minilm_model_dir() / "vocab.txt").read_text(encoding="utf-8").split("\n")
-    return sorted({w for w in words if len(w) >= min_len and w.isascii() and w.isalpha() and w.islower()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(dictionary_words(min_len)) + "\n", encoding="utf-8")
+    return path
 
 
 class NoiseSampler:

