@@ -28,6 +28,12 @@ class ParamSpec:
         description: one-line documentation (ParameterDescriptor.description and README table).
         read_only: cannot change after start (ROS rejects the change).
         choices: allowed values for a string parameter (empty = any).
+        array_of: element type of a list parameter whose default may be empty (``str`` for a
+            string array); None = the type of the default's first element.
+
+    One spec type serves every node of the package (perception node, bag player, bag recorder):
+    ``occ_audit_ros.nodes.parameters.declare_parameters`` declares them, :func:`markdown_table`
+    documents them.
     """
 
     name: str
@@ -35,12 +41,13 @@ class ParamSpec:
     description: str
     read_only: bool = False
     choices: tuple[str, ...] = ()
+    array_of: type | None = None
 
     @property
     def type(self) -> str:
         """ROS parameter type name: bool, integer, double, string, or ``<element>_array``."""
         if isinstance(self.default, list):
-            return _TYPE_NAMES[type(self.default[0])] + "_array"
+            return _TYPE_NAMES[self.array_of or type(self.default[0])] + "_array"
         return _TYPE_NAMES[type(self.default)]
 
 
@@ -202,11 +209,13 @@ def check_preset(name: str) -> str:
     return name
 
 
-def markdown_table() -> str:
-    """The README's parameter table."""
+def markdown_table(specs: tuple[ParamSpec, ...] | None = None) -> str:
+    """Markdown table of ``specs`` (default: the perception node's, with its QoS-override row: the README's)."""
     rows = ["| parameter | type | default | description |", "|---|---|---|---|"]
-    for p in PERCEPTION_PARAMS:
+    for p in specs or PERCEPTION_PARAMS:
         rows.append(f"| `{p.name}` | {p.type} | `{p.default!r}` | {p.description}{' (read-only)' if p.read_only else ''} |")
+    if specs is not None:
+        return "\n".join(rows)
     rows.append(f"| `qos_overrides.<topic>.subscription.{{{','.join(QOS_OVERRIDE_POLICIES)}}}` | per policy | "
                 "sensor data (best effort, keep last 5) | Per-input-topic QoS override (rclpy QoSOverridingOptions), "
                 "read-only, from the parameter file. |")

@@ -362,7 +362,7 @@ def save_hidden_object_png(voxels: SemanticVoxels, answer: Any, path: str | os.P
         ax.set_xlim(y1, y0)
         ax.set_ylim(x0, x1)
         ax.set_xlabel(f"y [m] (left +) in {voxels.frame_id}")
-        ax.set_ylabel(f"x [m] (forward +)")
+        ax.set_ylabel("x [m] (forward +)")
     counts = voxels.counts_per_label()
     ax_sem.legend(handles=[Patch(facecolor=palette[i], label=f"{lab} ({counts[lab]})")
                            for i, lab in enumerate(voxels.labels)], fontsize=7, loc="upper right", framealpha=0.8)

@@ -44,10 +44,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.context import Context
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -58,6 +58,8 @@ from rclpy.task import Future
 from rclpy.utilities import remove_ros_args
 
 from occ_audit_ros.conventions import CLOCK_TOPIC, TF_STATIC_TOPIC
+from occ_audit_ros.nodes.parameters import declare_parameters, overrides_from_kwargs
+from occ_audit_ros.params import ParamSpec
 
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 
@@ -149,122 +151,57 @@ def resolve_message_type(type_name: str) -> type:
 
 
 # ---------------------------------------------------------------------------------------------
-# Parameters: one table drives declaration, kwargs overrides and documentation
+# Parameters: one table (occ_audit_ros.params.ParamSpec) drives declaration, kwargs overrides and docs
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ParameterSpec:
-    """One ROS parameter of a node: name, default value, type and description.
-
-    ``type`` is a :class:`rclpy.parameter.Parameter.Type`; string arrays default to empty lists,
-    which rclpy cannot infer a type from, hence the explicit type.
-    """
-
-    name: str
-    default: Any
-    type: Parameter.Type
-    description: str
-
-
-def declare_parameters(node: Node, specs: Iterable[ParameterSpec]) -> None:
-    """Declare every parameter of ``specs`` on ``node`` once, with its description.
-
-    Overrides (``parameter_overrides``, ``--ros-args -p``) win over the defaults as usual. Empty
-    string-array defaults are declared typed-but-unset and then set to ``[]`` so that reading them
-    never raises ``ParameterUninitializedException``.
-    """
-    for spec in specs:
-        descriptor = ParameterDescriptor(description=spec.description)
-        if spec.type == Parameter.Type.STRING_ARRAY and not spec.default:
-            node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, descriptor)
-            if node.get_parameter_or(spec.name, None).type_ == Parameter.Type.NOT_SET:
-                node.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, [])])
-        else:
-            node.declare_parameter(spec.name, spec.default, descriptor)
-
-
-def overrides_from_kwargs(specs: Iterable[ParameterSpec], values: dict[str, Any]) -> list[Parameter]:
-    """``Parameter`` overrides from Python keyword values, coerced to each spec's declared type.
-
-    ``rate=2`` becomes a DOUBLE 2.0 (rclpy would otherwise infer INTEGER and refuse it); ``None``
-    values are skipped (keep the default); empty lists are skipped (equal to the default and
-    un-typeable for rclpy).
-
-    Raises:
-        TypeError: a keyword that is not one of ``specs``.
-    """
-    by_name = {s.name: s for s in specs}
-    out: list[Parameter] = []
-    for name, value in values.items():
-        if value is None:
-            continue
-        spec = by_name.get(name)
-        if spec is None:
-            raise TypeError(f"unknown parameter {name!r}; known: {sorted(by_name)}")
-        if spec.type == Parameter.Type.DOUBLE:
-            value = float(value)
-        elif spec.type == Parameter.Type.INTEGER:
-            value = int(value)
-        elif spec.type == Parameter.Type.BOOL:
-            value = bool(value)
-        elif spec.type == Parameter.Type.STRING:
-            value = str(value)
-        elif spec.type == Parameter.Type.STRING_ARRAY:
-            value = [str(v) for v in value]
-            if not value:
-                continue
-        out.append(Parameter(name, spec.type, value))
-    return out
-
-
-PLAYER_PARAMETERS: tuple[ParameterSpec, ...] = (
-    ParameterSpec("bag", "", Parameter.Type.STRING,
-                  "Path of the rosbag2 to play: a bag directory (metadata.yaml + mcap/db3) or a single "
-                  ".mcap / .db3 file. Fixed at construction."),
-    ParameterSpec("rate", 1.0, Parameter.Type.DOUBLE,
-                  "Playback speed factor: 2.0 plays twice as fast; 0.0 = as fast as possible (no "
-                  "waiting). Read when play() starts."),
-    ParameterSpec("loop", 1, Parameter.Type.INTEGER,
-                  "Number of times the bag is played; 0 = forever (until stop()). Each loop replays "
-                  "the recorded timestamps, so /clock jumps back at a loop start."),
-    ParameterSpec("start_paused", False, Parameter.Type.BOOL,
-                  "Start playback paused. Setting it at run time pauses (true) or resumes (false) "
-                  "playback."),
-    ParameterSpec("topics", [], Parameter.Type.STRING_ARRAY,
-                  "Include filter: exact topic names to play; empty = all topics in the bag. Fixed "
-                  "at construction."),
-    ParameterSpec("delay", 0.0, Parameter.Type.DOUBLE,
-                  "Seconds (wall) to wait after wait_for_subscribers and before the first message, so "
-                  "that subscribers finish discovery (a reliable writer that just matched a reader can "
-                  "still race the reader's own match)."),
-    ParameterSpec("wait_for_subscribers", [], Parameter.Type.STRING_ARRAY,
-                  "Topics (published by this player, /clock included) that must each have at least "
-                  "one matched subscriber before playback starts."),
-    ParameterSpec("wait_for_subscribers_timeout", 10.0, Parameter.Type.DOUBLE,
-                  "Seconds to wait for wait_for_subscribers; on timeout a warning names the topics "
-                  "still unmatched and playback starts anyway."),
-    ParameterSpec("publish_clock", True, Parameter.Type.BOOL,
-                  "Publish rosgraph_msgs/Clock on /clock with the bag time, unless the replayed topics "
-                  "include a recorded /clock (then that one is replayed instead). Fixed at "
-                  "construction."),
-    ParameterSpec("clock_rate", 40.0, Parameter.Type.DOUBLE,
-                  "Hz (wall) of the synthesised /clock while waiting between messages (it is also "
-                  "published before each later message); 0 = only before messages."),
-    ParameterSpec("qos_depth", 10, Parameter.Type.INTEGER,
-                  "KEEP_LAST depth of the RELIABLE volatile publishers (sensor topics, /tf, /clock). "
-                  "Raise it for rate 0 with slow subscribers. Fixed at construction."),
-    ParameterSpec("skip_unknown_types", False, Parameter.Type.BOOL,
-                  "Skip (with a warning) topics whose message type is not importable instead of "
-                  "failing. Fixed at construction."),
-    ParameterSpec("ack_timeout", 30.0, Parameter.Type.DOUBLE,
-                  "Seconds (wall) play() waits at the end for matched reliable subscribers to "
-                  "acknowledge everything published; 0 = do not wait. Large messages travel as many "
-                  "fragments; a burst of them (a nuScenes keyframe: ~80 MB in 40 ms) overflows the "
-                  "transport and is repaired by retransmission over seconds, and would be lost if "
-                  "the player exited at once. Returns at once when all is acknowledged."),
-    ParameterSpec("progress_period", 5.0, Parameter.Type.DOUBLE,
-                  "Seconds (wall) between progress log lines; 0 = no progress lines."),
+PLAYER_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("bag", "",
+              "Path of the rosbag2 to play: a bag directory (metadata.yaml + mcap/db3) or a single "
+              ".mcap / .db3 file. Fixed at construction."),
+    ParamSpec("rate", 1.0,
+              "Playback speed factor: 2.0 plays twice as fast; 0.0 = as fast as possible (no "
+              "waiting). Read when play() starts."),
+    ParamSpec("loop", 1,
+              "Number of times the bag is played; 0 = forever (until stop()). Each loop replays "
+              "the recorded timestamps, so /clock jumps back at a loop start."),
+    ParamSpec("start_paused", False,
+              "Start playback paused. Setting it at run time pauses (true) or resumes (false) "
+              "playback."),
+    ParamSpec("topics", [],
+              "Include filter: exact topic names to play; empty = all topics in the bag. Fixed "
+              "at construction.", array_of=str),
+    ParamSpec("delay", 0.0,
+              "Seconds (wall) to wait after wait_for_subscribers and before the first message, so "
+              "that subscribers finish discovery (a reliable writer that just matched a reader can "
+              "still race the reader's own match)."),
+    ParamSpec("wait_for_subscribers", [],
+              "Topics (published by this player, /clock included) that must each have at least "
+              "one matched subscriber before playback starts.", array_of=str),
+    ParamSpec("wait_for_subscribers_timeout", 10.0,
+              "Seconds to wait for wait_for_subscribers; on timeout a warning names the topics "
+              "still unmatched and playback starts anyway."),
+    ParamSpec("publish_clock", True,
+              "Publish rosgraph_msgs/Clock on /clock with the bag time, unless the replayed topics "
+              "include a recorded /clock (then that one is replayed instead). Fixed at "
+              "construction."),
+    ParamSpec("clock_rate", 40.0,
+              "Hz (wall) of the synthesised /clock while waiting between messages (it is also "
+              "published before each later message); 0 = only before messages."),
+    ParamSpec("qos_depth", 10,
+              "KEEP_LAST depth of the RELIABLE volatile publishers (sensor topics, /tf, /clock). "
+              "Raise it for rate 0 with slow subscribers. Fixed at construction."),
+    ParamSpec("skip_unknown_types", False,
+              "Skip (with a warning) topics whose message type is not importable instead of "
+              "failing. Fixed at construction."),
+    ParamSpec("ack_timeout", 30.0,
+              "Seconds (wall) play() waits at the end for matched reliable subscribers to "
+              "acknowledge everything published; 0 = do not wait. Large messages travel as many "
+              "fragments; a burst of them (a nuScenes keyframe: ~80 MB in 40 ms) overflows the "
+              "transport and is repaired by retransmission over seconds, and would be lost if "
+              "the player exited at once. Returns at once when all is acknowledged."),
+    ParamSpec("progress_period", 5.0,
+              "Seconds (wall) between progress log lines; 0 = no progress lines."),
 )
 _FIXED_PLAYER_PARAMETERS = {"bag", "topics", "publish_clock", "qos_depth", "skip_unknown_types"}
 

@@ -55,14 +55,9 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.utilities import remove_ros_args
 
 from occ_audit_ros.conventions import TF_STATIC_TOPIC
-from occ_audit_ros.nodes.bag_player import (
-    ParameterSpec,
-    UnknownMessageTypeError,
-    declare_parameters,
-    normalize_type_name,
-    overrides_from_kwargs,
-    resolve_message_type,
-)
+from occ_audit_ros.nodes.bag_player import UnknownMessageTypeError, normalize_type_name, resolve_message_type
+from occ_audit_ros.nodes.parameters import declare_parameters, overrides_from_kwargs
+from occ_audit_ros.params import ParamSpec
 from occ_audit_ros import paths
 
 
@@ -79,23 +74,23 @@ def package_msg_dir() -> Path | None:
 #: Topics never recorded when recording "everything" (graph plumbing, not data).
 DEFAULT_EXCLUDED_TOPICS = ("/rosout", "/parameter_events")
 
-RECORDER_PARAMETERS: tuple[ParameterSpec, ...] = (
-    ParameterSpec("output", "", Parameter.Type.STRING,
-                  "Path of the bag directory to create (must not exist). Written to "
-                  "<output>.partial and renamed on close."),
-    ParameterSpec("topics", [], Parameter.Type.STRING_ARRAY,
-                  "Topics to record: 'NAME' (type discovered from the graph; subscribed when a "
-                  "publisher appears) or 'NAME:pkg/msg/Type' (subscribed at once). Empty = every "
-                  "topic that appears, except /rosout and /parameter_events."),
-    ParameterSpec("msg_dirs", [], Parameter.Type.STRING_ARRAY,
-                  "Extra directories of .msg files for message definitions not in the ROS 2 Kilted "
-                  "typestore: 'DIR' (package = name in DIR/../package.xml, else DIR's parent "
-                  "directory name) or 'PKG=DIR'. The package's own msg/ is always included."),
-    ParameterSpec("discovery_period", 0.2, Parameter.Type.DOUBLE,
-                  "Seconds between graph polls that subscribe to newly appeared topics and adapt QoS."),
-    ParameterSpec("qos_depth", 100, Parameter.Type.INTEGER,
-                  "KEEP_LAST depth of the subscriptions: a deep queue so bursts are not dropped while "
-                  "the writer is busy."),
+RECORDER_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("output", "",
+              "Path of the bag directory to create (must not exist). Written to "
+              "<output>.partial and renamed on close."),
+    ParamSpec("topics", [],
+              "Topics to record: 'NAME' (type discovered from the graph; subscribed when a "
+              "publisher appears) or 'NAME:pkg/msg/Type' (subscribed at once). Empty = every "
+              "topic that appears, except /rosout and /parameter_events.", array_of=str),
+    ParamSpec("msg_dirs", [],
+              "Extra directories of .msg files for message definitions not in the ROS 2 Kilted "
+              "typestore: 'DIR' (package = name in DIR/../package.xml, else DIR's parent "
+              "directory name) or 'PKG=DIR'. The package's own msg/ is always included.", array_of=str),
+    ParamSpec("discovery_period", 0.2,
+              "Seconds between graph polls that subscribe to newly appeared topics and adapt QoS."),
+    ParamSpec("qos_depth", 100,
+              "KEEP_LAST depth of the subscriptions: a deep queue so bursts are not dropped while "
+              "the writer is busy."),
 )
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks, qos_policy_name_from_kind
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -58,6 +58,7 @@ from ..pipeline import CameraInput, PerceptionPipeline, PipelineResult, pipeline
 from ..sync import ApproximateSynchronizer
 from ..relevancy import RelevancyExtractor
 from ..tf_buffer import TransformBuffer, TransformUnavailable
+from .parameters import declare_parameters
 from .conversions import (camera_info_to_K, check_image_matches_info, depth_from_image_msg,
                           hidden_object_to_markers, hidden_object_to_msg, hidden_object_to_pointcloud2,
                           rgb_from_image_msg, semantic_voxels_to_markers, semantic_voxels_to_msg,
@@ -157,9 +158,7 @@ class PerceptionNode(Node):
         self._last_warn: dict[str, float] = {}
         self.warn_counts: dict[str, list[int]] = {}  # key -> [logged, suppressed]
         self.warn_period_s = 0.0
-        for spec in PERCEPTION_PARAMS:
-            self.declare_parameter(spec.name, spec.default,
-                                   ParameterDescriptor(description=spec.description, read_only=spec.read_only))
+        declare_parameters(self, PERCEPTION_PARAMS)
         values = {spec.name: self.get_parameter(spec.name).value for spec in PERCEPTION_PARAMS}
         values = {k: (list(v) if isinstance(v, (list, tuple)) or hasattr(v, "tolist") else v) for k, v in values.items()}
         self.values = validate(values)

@@ -1,0 +1,74 @@
+"""Declaring :class:`occ_audit_ros.params.ParamSpec` tables on rclpy nodes (all nodes of the package).
+
+The specs are ROS-free (``occ_audit_ros/params.py``); this module is the rclpy side: declaration
+with descriptors, and typed overrides from Python keyword arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from ..params import ParamSpec
+
+__all__ = ["ros_type", "declare_parameters", "overrides_from_kwargs"]
+
+_ROS_TYPES = {"bool": Parameter.Type.BOOL, "integer": Parameter.Type.INTEGER, "double": Parameter.Type.DOUBLE,
+              "string": Parameter.Type.STRING, "bool_array": Parameter.Type.BOOL_ARRAY,
+              "integer_array": Parameter.Type.INTEGER_ARRAY, "double_array": Parameter.Type.DOUBLE_ARRAY,
+              "string_array": Parameter.Type.STRING_ARRAY}
+
+
+def ros_type(spec: ParamSpec) -> Parameter.Type:
+    """The rclpy parameter type of ``spec`` (from its default, or ``array_of`` for empty lists)."""
+    return _ROS_TYPES[spec.type]
+
+
+def declare_parameters(node: Node, specs: Iterable[ParamSpec]) -> None:
+    """Declare every parameter of ``specs`` on ``node`` once, with its description and read-only flag.
+
+    Overrides (``parameter_overrides``, ``--ros-args -p``, parameter files) win over the defaults as
+    usual. Empty array defaults are declared typed-but-unset and then set to ``[]``, so reading
+    them never raises ``ParameterUninitializedException``.
+    """
+    for spec in specs:
+        descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+        if isinstance(spec.default, list) and not spec.default:
+            node.declare_parameter(spec.name, ros_type(spec), descriptor)
+            if node.get_parameter_or(spec.name, None).type_ == Parameter.Type.NOT_SET:
+                node.set_parameters([Parameter(spec.name, ros_type(spec), [])])
+        else:
+            node.declare_parameter(spec.name, spec.default, descriptor)
+
+
+def overrides_from_kwargs(specs: Iterable[ParamSpec], values: dict[str, Any]) -> list[Parameter]:
+    """``Parameter`` overrides from Python keyword values, coerced to each spec's type.
+
+    ``rate=2`` becomes a DOUBLE 2.0 (rclpy would otherwise infer INTEGER and refuse it); ``None``
+    values are skipped (keep the default); empty lists are skipped (equal to the default and
+    un-typeable for rclpy).
+
+    Raises:
+        TypeError: a keyword that is not one of ``specs``.
+    """
+    by_name = {s.name: s for s in specs}
+    coerce = {"double": float, "integer": int, "bool": bool, "string": str}
+    out: list[Parameter] = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        spec = by_name.get(name)
+        if spec is None:
+            raise TypeError(f"unknown parameter {name!r}; known: {sorted(by_name)}")
+        kind = spec.type
+        if kind.endswith("_array"):
+            value = [coerce[kind[:-6]](v) for v in value]
+            if not value:
+                continue
+        else:
+            value = coerce[kind](value)
+        out.append(Parameter(name, ros_type(spec), value))
+    return out
