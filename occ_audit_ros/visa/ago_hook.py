@@ -9,18 +9,39 @@ L_grounding + L_occ (+ L_align) and logs them. The model is untouched.
 
 The ramp counts the hook's calls: ``epoch = (start_step + calls) / steps_per_epoch``; pass the
 resumed step as ``start_step`` when resuming.
+
+Config switch: ``training/train_ago.py`` calls :func:`build_extra_losses` ``(cfg["visa"], cfg)``
+when its config has a ``visa:`` mapping with ``enabled: true``. Keys of that mapping (all optional
+except ``enabled``; everything else defaults to ``config/visa.yaml``, deep-merged)::
+
+    visa:
+      enabled: true
+      config: config/visa.yaml    # base VISA config (auditor, grounding, weights, losses)
+      audits: null                # JSONL store (training/generate_audits.py --tables ...); null:
+                                  # SIMULATED audits of the training split made on the fly
+      targets: null               # precomputed targets (save_targets); overrides audits
+      version: v1.0-test          # table folder of data.dataroot (instance tokens, tracks)
+      weights: {reliability: true}   # false: w = ρ only (ablation "no reliability weighting")
+      losses: {lambda_tax: 0.5, ...} # any key of the losses section
+      auditor: {simulated: {accuracy: 0.8, seed: 0}}   # any key of the auditor section
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
+import math
+from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 
 from ..voxel_grid import VoxelGridSpec
 from .grounding import keyframe_semantics_from_lidar
 from .integration import concat_targets, keyframe_targets
-from .losses import AuditTargets, VisaLossConfig, ramp, visa_loss
+from .losses import AuditTargets, GraphEdges, VisaLossConfig, graph_edges, ramp, visa_loss
 from .taxonomy import K_OBJ_OCC3D_INDEX
 
 
@@ -66,9 +87,14 @@ class VisaExtraLoss:
         if not parts:
             zero = logits.sum() * 0.0
             return {"visa_tax": zero, "visa_attr": zero, "visa_graph": zero}
-        targets = concat_targets(parts).to(logits.device)
-        out = visa_loss(logits.permute(0, 4, 1, 2, 3), targets, self.cfg, epoch=None,
-                        generator=self.generator, k_obj_index=self.k_obj_index)
+        targets = concat_targets(parts)
+        # the audit graph is built from the (CPU) audits alone, then moved with the targets
+        e = graph_edges(targets, self.cfg.min_voxels, self.cfg.jaccard_positive, self.cfg.jaccard_negative,
+                        self.cfg.max_edges_per_frame, self.generator)
+        dev = logits.device
+        edges = GraphEdges(e.i.to(dev), e.j.to(dev), e.positive.to(dev))
+        out = visa_loss(logits.permute(0, 4, 1, 2, 3), targets.to(dev), self.cfg, epoch=None, edges=edges,
+                        k_obj_index=self.k_obj_index)
         return {"visa_tax": k * self.cfg.lambda_tax * out["tax"],
                 "visa_attr": k * self.cfg.lambda_attr * out["attr"],
                 "visa_graph": k * self.cfg.lambda_graph * out["graph"]}
@@ -100,4 +126,182 @@ def keyframe_targets_for_tokens(audits: dict[str, dict], spec: VoxelGridSpec, da
     return out, stats
 
 
-__all__ = ["VisaExtraLoss", "keyframe_targets_for_tokens"]
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_visa_config(visa_cfg: dict | None) -> dict:
+    """The effective VISA config: ``visa_cfg["config"]`` (default ``config/visa.yaml``) deep-merged
+    with the other keys of ``visa_cfg`` (the trainer's ``visa:`` block).
+
+    Raises:
+        FileNotFoundError: missing base config.
+    """
+    from .. import paths
+
+    visa_cfg = dict(visa_cfg or {})
+    base_path = visa_cfg.pop("config", None) or paths.resource("config/visa.yaml")
+    base_path = Path(base_path)
+    if not base_path.is_file():
+        raise FileNotFoundError(f"VISA config {base_path} not found")
+    return _deep_merge(yaml.safe_load(base_path.read_text()), visa_cfg)
+
+
+def simulate_split_audits(nusc, auditor_cfg: dict) -> tuple[dict[str, dict], dict[str, str]]:
+    """SIMULATED audits of every K_obj instance of a table set, in memory (controlled experiments
+    only: the simulated auditor reads the GT class; records say ``vlm.kind = "SIMULATED"``).
+
+    Args:
+        nusc: ``NuScenes`` handle (:func:`.tables.open_tables`).
+        auditor_cfg: the ``auditor`` section (``simulated`` sub-section: accuracy per crop quality
+            or one number, confusion structure, reliability correlation, seed).
+
+    Returns:
+        (instance token -> record, instance token -> rejection reason).
+    """
+    from .generate import audit_in_memory, build_auditor, tables_work
+
+    return audit_in_memory(tables_work(nusc), build_auditor("simulated", {"auditor": auditor_cfg}))
+
+
+def split_targets(vcfg: dict, data: dict, spec: VoxelGridSpec, audits: dict[str, dict] | None = None,
+                  keyframes=None, nusc=None) -> tuple[dict[str, AuditTargets], dict]:
+    """Targets of the AGO trainer's training split (its ``data`` section) from audits.
+
+    Args:
+        vcfg: effective VISA config (:func:`load_visa_config`).
+        data: the trainer's ``data`` section (``dataroot``, ``annotations``, ``tokens``, ``gt_dir``).
+        spec: the trainer's grid (Occ3D range at ``data.voxel_size``).
+        audits: records to use (default: ``vcfg["audits"]`` read from JSONL, else simulated).
+        keyframes: optional preloaded ``[(keyframe, semantics)]`` (skips loading).
+        nusc: optional ``NuScenes`` handle of ``data.dataroot``.
+
+    GT per sample: ``data.gt_dir`` (``<token>.npz`` or Occ3D layout, as the trainer) when it holds
+    the sample, else :func:`.grounding.keyframe_semantics_from_lidar`.
+
+    Returns:
+        (sample token -> targets, stats ``{"audits", "rejected", "per_sample"}``).
+
+    Raises:
+        FileNotFoundError: tables or GT missing; ValueError: a non-simulated auditor without an
+        audit store.
+    """
+    from ..ago.data import _find_gt, sample_tokens
+    from ..nuscenes_io import load_keyframe
+    from .integration import tables_targets
+    from .store import read_store
+    from .tables import open_tables
+
+    dataroot = data.get("dataroot")
+    nusc = nusc or open_tables(dataroot, vcfg.get("version", "v1.0-test"))
+    rejected = {}
+    if audits is None:
+        if vcfg.get("audits"):
+            audits = read_store(vcfg["audits"])
+        elif vcfg["auditor"].get("kind", "simulated") == "simulated":
+            audits, rejected = simulate_split_audits(nusc, vcfg["auditor"])
+        else:
+            raise ValueError(f"auditor kind {vcfg['auditor']['kind']!r} needs an audit store: run "
+                             "training/generate_audits.py --tables ... and set visa.audits")
+    if keyframes is None:
+        tokens = data.get("tokens")
+        tokens = sample_tokens(dataroot) if tokens == "all" else (tokens or [None])
+        keyframes = []
+        for tok in tokens:
+            kf = load_keyframe(dataroot, data.get("annotations"), tok)
+            found = _find_gt(data["gt_dir"], kf.sample_token) if data.get("gt_dir") else None
+            if found is not None:
+                with np.load(found) as z:
+                    sem = z["semantics"]
+            else:
+                sem, _, _ = keyframe_semantics_from_lidar(kf, spec)
+            keyframes.append((kf, sem))
+    g, w = vcfg.get("grounding", {}), vcfg.get("weights", {})
+    targets, per_sample = tables_targets(
+        nusc, keyframes, audits, spec, g.get("margin_m", 0.2), g.get("min_voxels", 3), w.get("tau_q", 0.5),
+        w.get("tau_r", 0.5), w.get("agreement_downweight", False), g.get("full_weight_voxels", 20),
+        reliability=w.get("reliability", True))
+    return targets, {"audits": len(audits), "rejected": len(rejected), "per_sample": per_sample}
+
+
+_FIELDS = ("voxel_index", "gt", "hypothesis", "pi", "confusion_set", "attributes", "attribute_mask", "weight", "frame")
+
+
+def save_targets(path, targets: dict[str, AuditTargets], meta: dict | None = None) -> None:
+    """Write per-sample targets to one safetensors file atomically (temp file + ``os.replace``);
+    keys ``<sample token>/<field>``, ``meta`` as JSON in the metadata."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{tok}/{f}": getattr(t, f).contiguous() for tok, t in targets.items() for f in _FIELDS}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "visa-targets/1", "meta": json.dumps(meta or {})})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_targets(path) -> tuple[dict[str, AuditTargets], dict]:
+    """Inverse of :func:`save_targets`: (sample token -> targets, meta).
+
+    Raises:
+        FileNotFoundError; ValueError: not a ``visa-targets/1`` file.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"VISA targets {path} not found")
+    with safe_open(str(path), "pt") as f:
+        md = f.metadata() or {}
+        if md.get("format") != "visa-targets/1":
+            raise ValueError(f"{path} is not a visa-targets/1 file")
+        parts: dict[str, dict] = {}
+        for k in f.keys():
+            tok, field = k.rsplit("/", 1)
+            parts.setdefault(tok, {})[field] = f.get_tensor(k)
+    return {tok: AuditTargets(**d) for tok, d in parts.items()}, json.loads(md.get("meta", "{}"))
+
+
+def build_extra_losses(visa_cfg: dict, cfg: dict) -> list:
+    """The trainer's ``extra_losses`` for ``cfg["visa"]`` (the config switch of
+    ``training/train_ago.py``; keys in this module's docstring).
+
+    Args:
+        visa_cfg: the ``visa:`` mapping of the training config (``enabled`` is not checked here).
+        cfg: the whole training config (``data``, ``optim.batch_size``, ``seed``).
+
+    Returns:
+        ``[VisaExtraLoss]`` (one hook; its ramp counts optimiser steps, ``steps_per_epoch`` =
+        ceil(training samples / batch size)); ``[]`` when every λ is 0.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`split_targets` / :func:`load_targets`.
+    """
+    from ..ago.occ_gt import OCC3D_SPEC
+
+    vcfg = load_visa_config({k: v for k, v in (visa_cfg or {}).items() if k != "enabled"})
+    loss_cfg = VisaLossConfig.from_dict(vcfg.get("losses"))
+    if loss_cfg.lambda_tax == loss_cfg.lambda_attr == loss_cfg.lambda_graph == 0:
+        return []
+    if vcfg.get("targets"):
+        targets, _ = load_targets(vcfg["targets"])
+    else:
+        spec = VoxelGridSpec(OCC3D_SPEC.lower, OCC3D_SPEC.upper, cfg["data"]["voxel_size"])
+        targets, _ = split_targets(vcfg, cfg["data"], spec)
+    steps = math.ceil(len(targets) / max(1, int(cfg.get("optim", {}).get("batch_size", 1))))
+    return [VisaExtraLoss(targets, loss_cfg, steps_per_epoch=max(1, steps), seed=int(cfg.get("seed", 0)))]
+
+
+__all__ = ["VisaExtraLoss", "keyframe_targets_for_tokens", "load_visa_config", "simulate_split_audits",
+           "split_targets", "save_targets", "load_targets", "build_extra_losses"]

@@ -152,6 +152,50 @@ def _shard_names(i: int, n: int) -> tuple[str, str, str]:
             f"stats.shard-{i}-of-{n}.json")
 
 
+def audit_item(item: WorkItem, auditor) -> tuple[dict | None, str | None]:
+    """Crop selection + one audit of one instance.
+
+    The SIMULATED auditor gets the GT class and no image (it never looks at one); real auditors
+    get the padded crop and never the GT class.
+
+    Returns:
+        ``(visa-audit/1 record, None)``, or ``(None, reason)`` with reason ``"no usable crop"`` or
+        ``"auditor answer rejected"``.
+    """
+    crop = select_crop(item.token, item.views())
+    if crop is None:
+        return None, "no usable crop"
+    if auditor.kind == "SIMULATED":
+        request = AuditRequest(item.token, quality=crop.quality, gt_class=item.cls)
+    else:
+        image = item.image(crop.best.view.sample_data_token)
+        request = AuditRequest(item.token, image=crop.cut(image), quality=crop.quality)
+    answer = auditor.audit(request)
+    if answer is None:
+        return None, "auditor answer rejected"
+    return make_record(answer, item.token, auditor.describe(), crop.to_json(), scene_token=item.scene_token,
+                       gt={"category": item.category, "class": item.cls}), None
+
+
+def audit_in_memory(work: list[WorkItem], auditor) -> tuple[dict[str, dict], dict[str, str]]:
+    """Audit every work item without a store (the same records :func:`run_shard` writes).
+
+    Used by the AGO hook to simulate audits of a training split on the fly (SIMULATED auditor:
+    deterministic per (instance token, seed), so the result equals a stored run's).
+
+    Returns:
+        (instance token -> record, instance token -> rejection reason).
+    """
+    records, rejected = {}, {}
+    for item in work:
+        rec, reason = audit_item(item, auditor)
+        if rec is None:
+            rejected[item.token] = reason
+        else:
+            records[item.token] = rec
+    return records, rejected
+
+
 def run_shard(work: list[WorkItem], auditor, out_dir: Path, shard: tuple[int, int], throttle_s: float = 0.0,
               limit: int | None = None, progress: bool = True) -> dict:
     """Audit this shard's instances (every n-th work item from i), appending to its store.
@@ -179,24 +223,11 @@ def run_shard(work: list[WorkItem], auditor, out_dir: Path, shard: tuple[int, in
             if token in store or token in rejected:
                 counts["skipped_done"] += 1
                 continue
-            crop = select_crop(token, item.views())
-            if crop is None:
-                rejected.append({"instance_token": token, "reason": "no usable crop"})
-                counts["rejected"] += 1
-                continue
-            if auditor.kind == "SIMULATED":
-                request = AuditRequest(token, quality=crop.quality, gt_class=item.cls)
-            else:
-                image = item.image(crop.best.view.sample_data_token)
-                request = AuditRequest(token, image=crop.cut(image), quality=crop.quality)
-            answer = auditor.audit(request)
-            if answer is None:
-                rejected.append({"instance_token": token, "reason": "auditor answer rejected"})
+            record, reason = audit_item(item, auditor)
+            if record is None:
+                rejected.append({"instance_token": token, "reason": reason})
                 counts["rejected"] += 1
             else:
-                record = make_record(answer, token, auditor.describe(), crop.to_json(),
-                                     scene_token=item.scene_token,
-                                     gt={"category": item.category, "class": item.cls})
                 store.append(record)
                 counts["written"] += 1
             if throttle_s > 0:

@@ -250,7 +250,7 @@ def graph_edges(targets: AuditTargets, min_voxels: int = 3, jaccard_positive: fl
                 jaccard_negative: float = 0.2, max_edges_per_frame: int = 256,
                 generator: torch.Generator | None = None) -> GraphEdges:
     """E+ and E− per frame (visa.md §7), subsampled to ``max_edges_per_frame`` with ``generator``."""
-    parent_of_class = torch.tensor(parent_matrix().argmax(1))
+    parent_of_class = torch.tensor(parent_matrix().argmax(1), device=targets.hypothesis.device)
     u = targets.attributes.bool()
     m = targets.attribute_mask.bool()
     nodes = torch.nonzero(targets.num_voxels >= min_voxels).flatten()
@@ -272,14 +272,15 @@ def graph_edges(targets: AuditTargets, min_voxels: int = 3, jaccard_positive: fl
         neg = (jac <= jaccard_negative) & ~same_parent
         keep = torch.nonzero(pos | neg).flatten()
         if len(keep) > max_edges_per_frame:
-            keep = keep[torch.randperm(len(keep), generator=generator)[:max_edges_per_frame]]
+            perm = torch.randperm(len(keep), generator=generator)  # on the generator's device
+            keep = keep[perm[:max_edges_per_frame].to(keep.device)]
             keep = keep.sort().values
         I.append(ri[keep])
         J.append(rj[keep])
         POS.append(pos[keep])
     if not I:
-        empty = torch.zeros(0, dtype=torch.int64)
-        return GraphEdges(empty, empty, torch.zeros(0, dtype=torch.bool))
+        empty = torch.zeros(0, dtype=torch.int64, device=targets.hypothesis.device)
+        return GraphEdges(empty, empty, torch.zeros(0, dtype=torch.bool, device=empty.device))
     return GraphEdges(torch.cat(I), torch.cat(J), torch.cat(POS))
 
 
