@@ -40,7 +40,8 @@ def baseline_items(task: str, scene: dict, shift: float) -> list[tuple]:
     q = scene["queries"][v]
     items = []
     if task == "ovssc":
-        for k, lab in enumerate(scene["labels"]):
+        n = int(scene.get("num_relevancy_labels", len(scene["labels"])))
+        for k, lab in enumerate(scene["labels"][:n]):
             items.append((lab, q, relevancy_cloud_scores(scene["xyz"], scene["relevancy"][k], q, ws),
                           scene["occupancy"][k][v]))
     else:
@@ -77,8 +78,14 @@ def main(argv=None) -> int:
     ap.add_argument("--wide", action="store_true",
                     help="sweep network logit cutoffs over [-10, 6] step 0.25 instead of the reference [-2.5, -0.1]")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available)")
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides key.sub=value")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
+    import torch
+
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
     splits = ["val"] + list(cfg["eval"].get("test_splits", []))
     sets = {s: SceneSet(cfg, s) for s in splits}
     cutoffs = np.round(np.arange(-10.0, 6.01, 0.25), 6) if args.wide else REFERENCE_CUTOFFS
@@ -87,6 +94,7 @@ def main(argv=None) -> int:
     # baseline (deterministic): cutoffs from quantiles of its validation scores
     for ck in args.checkpoints:
         model, task, _, _, _ = load_checkpoint(ck)
+        model.to(device)
         rng = np.random.default_rng([cfg["seed"], 7])
         per_split = {}
         val_items = [it for i in range(len(sets["val"])) for it in predict_items(model, task, sets["val"][i],
@@ -125,13 +133,16 @@ def main(argv=None) -> int:
         out[f"{s}_net"] = round(float(vals.mean()), 2)
         out[f"{s}_base"] = round(float(b), 2)
     if task == "vool":
-        print("per relation (novel_scene):")
         rels = sorted(results["baseline"][splits[-1]]["per_name"])
-        s = "novel_scene" if "novel_scene" in splits else splits[0]
-        for rel in rels:
-            vals = np.array([r[s]["per_name"].get(rel, np.nan) for r in results["network"]]) * 100
-            b = results["baseline"][s]["per_name"].get(rel, np.nan) * 100
-            print(f"  {rel:<18}{np.nanmean(vals):>8.1f} ± {np.nanstd(vals):<5.1f}{b:>8.1f}")
+        for s in splits:
+            print(f"per relation ({s}): network mean ± std over checkpoints, baseline")
+            for rel in rels:
+                vals = np.array([r[s]["per_name"].get(rel, np.nan) for r in results["network"]]) * 100
+                b = results["baseline"][s]["per_name"].get(rel, np.nan) * 100
+                print(f"  {rel:<18}{np.nanmean(vals):>8.1f} ± {np.nanstd(vals):<5.1f}{b:>8.1f}")
+                key = rel.replace(" ", "_")
+                out[f"{s}_{key}_net"] = round(float(np.nanmean(vals)), 2)
+                out[f"{s}_{key}_base"] = round(float(b), 2)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print("RESULT task=" + str(task) + " " + " ".join(f"{k}={v}" for k, v in out.items()))

@@ -50,7 +50,9 @@ DEFAULTS = {
     "data": {"source": "toy", "train_scenes": 64, "val_scenes": 8, "toy": {}},
     "train": {"max_steps": 100, "batch_size": 2, "labels_per_scene": 4, "descs_per_scene": 4,
               "num_input_points": 4000, "num_queries": 2000, "lr": 5.0e-4, "weight_decay": 1.0e-2,
-              "restart_steps": 50, "restart_mult": 1, "grad_clip": 2.0, "ckpt_every": 25, "threads": 0},
+              "restart_steps": 50, "restart_mult": 1, "grad_clip": 2.0, "ckpt_every": 25, "threads": 0,
+              "device": "cpu", "augment": {"rotation": 0.0, "translation": 0.0, "scale": 0.0},
+              "warmup_steps": 0, "time_budget_s": 0, "export_weights": False, "amp": None},
     "eval": {"grid": 32, "num_input_points": 4000, "cutoffs": "reference"},
 }
 
@@ -84,7 +86,11 @@ class SceneSet:
 
     ``data.source: toy`` uses :func:`occ_audit_ros.semabs.toy.toy_scene` (test/smoke data only);
     ``data.source: sim`` reads the simulator's shards from ``data.dirs[split]`` (one sample per view,
-    :mod:`occ_audit_ros.semabs.sim_data`).
+    :mod:`occ_audit_ros.semabs.sim_data`); ``data.source: pack`` reads a compact pack
+    ``data.packs[split]`` (:mod:`occ_audit_ros.semabs.pack`, made from those shards).
+
+    Raises:
+        ValueError: unknown source or no folder/pack for the split.
     """
 
     SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
@@ -103,10 +109,19 @@ class SceneSet:
             samples = load_sim_samples(dirs[split], cfg["seed"], int(data.get("max_cloud_points", 20000)))
             self._cache = dict(enumerate(samples))
             self.size = len(samples)
+        elif data["source"] == "pack":
+            from occ_audit_ros.semabs.pack import read_pack
+
+            packs = data.get("packs") or {}
+            if split not in packs:
+                raise ValueError(f"data.packs has no pack for split {split!r}")
+            samples = read_pack(Path(packs[split]) if Path(packs[split]).is_absolute() else ROOT / packs[split])
+            self._cache = dict(enumerate(samples))
+            self.size = len(samples)
         elif data["source"] == "toy":
             self.size = int(data["train_scenes"] if split == "train" else data["val_scenes"])
         else:
-            raise ValueError(f"data.source must be 'toy' or 'sim', got {data['source']!r}")
+            raise ValueError(f"data.source must be 'toy', 'sim' or 'pack', got {data['source']!r}")
 
     def __len__(self) -> int:
         return self.size
@@ -119,20 +134,82 @@ class SceneSet:
 
 
 def make_batch(task: str, tcfg: dict, scenes: list[dict], rng: np.random.Generator) -> dict:
-    """One batch for the task (see :mod:`occ_audit_ros.semabs.batching`)."""
+    """One batch for the task (see :mod:`occ_audit_ros.semabs.batching`), augmented per ``train.augment``."""
     if task == "ovssc":
-        return ovssc_batch(scenes, rng, tcfg["num_input_points"], tcfg["labels_per_scene"], tcfg["num_queries"])
-    return vool_batch(scenes, rng, tcfg["num_input_points"], tcfg["descs_per_scene"], tcfg["num_queries"])
-
-
-def forward_loss(model: torch.nn.Module, task: str, batch: dict) -> torch.Tensor:
-    """Masked BCE-with-logits over query points (SemAbs Sec. 4). Returns a scalar tensor."""
-    if task == "ovssc":
-        logits = model(batch["xyz"], batch["relevancy"], batch["queries"])
+        batch = ovssc_batch(scenes, rng, tcfg["num_input_points"], tcfg["labels_per_scene"], tcfg["num_queries"])
     else:
-        logits = model(batch["xyz"], batch["target_relevancy"], batch["reference_relevancy"], batch["relations"],
-                       batch["queries"])
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["target"], reduction="none")
+        batch = vool_batch(scenes, rng, tcfg["num_input_points"], tcfg["descs_per_scene"], tcfg["num_queries"])
+    aug = tcfg.get("augment") or {}
+    if any(float(aug.get(k, 0.0)) for k in ("rotation", "translation", "scale")):
+        augment_batch(batch, rng, float(aug.get("rotation", 0.0)), float(aug.get("translation", 0.0)),
+                      float(aug.get("scale", 0.0)), SemAbsConfig.from_dict(tcfg.get("_model", {})).workspace)
+    return batch
+
+
+def augment_batch(batch: dict, rng: np.random.Generator, rotation: float, translation: float, scale: float,
+                  workspace) -> dict:
+    """Random similarity transform per scene, applied to input and query points together (in place).
+
+    SemAbs' training code augments with a random rigid + scale transform, then filters by the bounds.
+    Here, per scene: rotation about the vertical axis through the workspace centre by U(-rotation,
+    rotation) rad, uniform scale 1 + U(-scale, scale) about that centre, horizontal translation
+    U(-translation, translation) m per axis. Input points that leave the workspace are replaced by
+    copies of an in-bounds point of the same scene (no effect on a max-scatter); queries that leave it
+    are masked out. Labels stay valid because points and queries move together; viewer-centric VOOL
+    relations stay consistent with the cloud, which moves with them.
+
+    Args:
+        batch: from :func:`make_batch` (``xyz`` (B, N, 3), ``queries`` (B, K, M, 3), ``mask`` (B, K, M)).
+        rng: numpy generator (deterministic per step).
+
+    Returns:
+        the same dict.
+    """
+    lo, up = (torch.tensor(v, dtype=torch.float32) for v in (workspace.lower, workspace.upper))
+    centre = (lo + up) / 2
+    for b in range(batch["xyz"].shape[0]):
+        a = rng.uniform(-rotation, rotation)
+        c, s = math.cos(a), math.sin(a)
+        k = 1.0 + rng.uniform(-scale, scale)
+        R = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float32) * k
+        t = torch.tensor([rng.uniform(-translation, translation), rng.uniform(-translation, translation), 0.0],
+                         dtype=torch.float32)
+        x = (batch["xyz"][b] - centre) @ R.T + centre + t
+        inside = ((x >= lo) & (x <= up)).all(-1)
+        if inside.any() and not inside.all():
+            src = inside.nonzero()[:, 0]
+            fill = src[torch.from_numpy(rng.integers(0, len(src), int((~inside).sum())))]
+            x[~inside] = x[fill]
+            for key in ("relevancy", "target_relevancy", "reference_relevancy"):
+                if key in batch:
+                    batch[key][b][:, ~inside] = batch[key][b][:, fill]
+        batch["xyz"][b] = x
+        q = (batch["queries"][b] - centre) @ R.T + centre + t
+        batch["queries"][b] = q
+        batch["mask"][b] &= ((q >= lo) & (q <= up)).all(-1)
+    return batch
+
+
+def forward_loss(model: torch.nn.Module, task: str, batch: dict, amp: str | None = None) -> torch.Tensor:
+    """Masked BCE-with-logits over query points (SemAbs Sec. 4). Returns a scalar float32 tensor.
+
+    The batch's tensors are moved to the device of the model's parameters. ``amp="bf16"`` runs the
+    forward pass under bfloat16 autocast (``train.amp``); the loss is computed in float32.
+
+    Raises:
+        ValueError: for another ``amp`` value.
+    """
+    if amp not in (None, "bf16"):
+        raise ValueError(f"train.amp must be null or 'bf16', got {amp!r}")
+    dev = next(model.parameters()).device
+    batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+        if task == "ovssc":
+            logits = model(batch["xyz"], batch["relevancy"], batch["queries"])
+        else:
+            logits = model(batch["xyz"], batch["target_relevancy"], batch["reference_relevancy"], batch["relations"],
+                           batch["queries"])
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["target"], reduction="none")
     mask = batch["mask"].float()
     return (loss * mask).sum() / mask.sum().clamp(min=1.0)
 
@@ -141,25 +218,35 @@ def forward_loss(model: torch.nn.Module, task: str, batch: dict) -> torch.Tensor
 def predict_items(model: torch.nn.Module, task: str, scene: dict, num_points: int, rng) -> list[tuple]:
     """Logits at all valid queries of a scene, one item per label (OVSSC) or description (VOOL).
 
+    OVSSC uses the scene's queried label set only (its first ``num_relevancy_labels`` labels; hidden VOOL
+    targets appended with a zero relevancy row are not OVSSC items). Runs on the model's device.
+
     Returns:
         list of ``(name, queries (M, 3), logits (M,), target (M,) bool)``.
     """
     from occ_audit_ros.semabs.pointcloud import sample_points
 
+    dev = next(model.parameters()).device
     xyz, rel = sample_points(scene["xyz"], scene["relevancy"], num_points, rng)
     valid = scene["valid"]
-    q = torch.from_numpy(scene["queries"][valid])[None]
-    x = torch.from_numpy(xyz)[None]
+    q = torch.from_numpy(scene["queries"][valid])[None].to(dev)
+    x = torch.from_numpy(xyz)[None].to(dev)
     items = []
     if task == "ovssc":
-        logits = model(x, torch.from_numpy(rel)[None], q)[0]
-        for k, lab in enumerate(scene["labels"]):
+        n = int(scene.get("num_relevancy_labels", len(scene["labels"])))
+        logits = model(x, torch.from_numpy(rel[:n])[None].to(dev), q)[0].float().cpu()
+        for k, lab in enumerate(scene["labels"][:n]):
             items.append((lab, scene["queries"][valid], logits[k].numpy(), scene["occupancy"][k][valid]))
     else:
-        for d, (ti, relation, ri) in enumerate(scene["descriptions"]):
-            logit = model(x, torch.from_numpy(rel[ti])[None, None], torch.from_numpy(rel[ri])[None, None],
-                          torch.tensor([[RELATIONS.index(relation)]]), q)[0, 0]
-            items.append((relation, scene["queries"][valid], logit.numpy(), scene["vool_occupancy"][d][valid]))
+        descs = scene["descriptions"]
+        if descs:
+            ti = torch.tensor([d[0] for d in descs])
+            ri = torch.tensor([d[2] for d in descs])
+            r = torch.from_numpy(rel)
+            logits = model(x, r[ti][None].to(dev), r[ri][None].to(dev),
+                           torch.tensor([[RELATIONS.index(d[1]) for d in descs]], device=dev), q)[0].float().cpu()
+            for d, (_, relation, _) in enumerate(descs):
+                items.append((relation, scene["queries"][valid], logits[d].numpy(), scene["vool_occupancy"][d][valid]))
     return items
 
 
@@ -191,6 +278,26 @@ def evaluate(model: torch.nn.Module, task: str, cfg: dict, scenes, cutoff: float
     return {"cutoff": best, "mean_iou": mean, "per_name": per, "items": len(names)}
 
 
+def resolve_device(name: str, rank: int = 0) -> torch.device:
+    """``train.device``: "cpu", "cuda" (rank's GPU when several) or "auto" (CUDA when available).
+
+    On CUDA, TF32 matmuls/convolutions are enabled.
+
+    Raises:
+        ValueError: for another name, or "cuda" without a CUDA device.
+    """
+    if name not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"train.device must be cpu, cuda or auto, got {name!r}")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA device is available")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    return torch.device("cuda", rank % torch.cuda.device_count())
+
+
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -203,6 +310,13 @@ def train(cfg: dict, progress: bool = True) -> dict:
     Under ``torchrun`` (env ``WORLD_SIZE`` > 1) a gloo (CPU) or NCCL (CUDA) process group is created and
     the model wrapped in DistributedDataParallel; each rank draws its own scenes; rank 0 writes
     checkpoints.
+
+    Schedule: ``train.warmup_steps`` steps of linear warm-up (lr * (s + 1) / warmup), then cosine annealing
+    with warm restarts (``restart_steps``, ``restart_mult``). With ``train.time_budget_s`` > 0 (single
+    process), the warm-up steps are timed (the second half of them) and ``max_steps`` is set so that the run
+    fits the budget; the cosine then runs one cycle over the remaining steps. The chosen ``max_steps`` is
+    stored in the checkpoint's ``train_state`` and reused on resume. ``train.export_weights`` also writes
+    ``<out_dir>/weights.safetensors`` (weights only) at the end.
     """
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     own_group = False
@@ -210,53 +324,88 @@ def train(cfg: dict, progress: bool = True) -> dict:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         own_group = True
     rank, world = _dist_info()
-    tcfg = cfg["train"]
+    tcfg = dict(cfg["train"], _model=cfg["model"])
     if tcfg.get("threads"):
         torch.set_num_threads(int(tcfg["threads"]))
     task = cfg["task"]
     mcfg = SemAbsConfig.from_dict(cfg["model"])
+    device = resolve_device(str(tcfg.get("device", "cpu")), rank)
     torch.manual_seed(cfg["seed"])
-    model = build_model(task, mcfg)
+    model = build_model(task, mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=int(tcfg["restart_steps"]),
                                                                  T_mult=int(tcfg["restart_mult"]))
     out = Path(cfg["out_dir"])
     last = out / "last.safetensors"
     step = 0
+    warmup = int(tcfg.get("warmup_steps") or 0)
+    budget = float(tcfg.get("time_budget_s") or 0.0)
+    max_steps = int(tcfg["max_steps"])
+    if budget > 0 and (world > 1 or warmup < 4):
+        raise ValueError("train.time_budget_s needs a single process and train.warmup_steps >= 4")
+    base_lr = float(tcfg["lr"])
+
+    def cosine(total: int):
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, total), T_mult=1)
+
     if last.is_file():
         _, _, _, state, _ = load_checkpoint(last, optimizer=opt, model=model)
         step = int(state["step"])
+        if budget > 0 and "max_steps" in state:
+            max_steps = int(state["max_steps"])
+            sched = cosine(max_steps - warmup)
         sched.load_state_dict(state["scheduler"])
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+           if world > 1 else model)
     scenes = SceneSet(cfg, "train")
-    max_steps = int(tcfg["max_steps"])
     bar = tqdm(total=max_steps, initial=step, desc=f"semabs {task}", disable=not progress or rank != 0,
                dynamic_ncols=True)
     losses = []
     t0 = time.time()
+    t_half = None
     model.train()
     while step < max_steps:
+        if step < warmup:
+            for g in opt.param_groups:
+                g["lr"] = base_lr * (step + 1) / warmup
         rng = np.random.default_rng([cfg["seed"], step, rank])
         idx = rng.choice(len(scenes), int(tcfg["batch_size"]), replace=len(scenes) < int(tcfg["batch_size"]))
         batch = make_batch(task, tcfg, [scenes[int(i)] for i in idx], rng)
-        loss = forward_loss(ddp, task, batch)
+        loss = forward_loss(ddp, task, batch, tcfg.get("amp"))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tcfg.get("grad_clip"):
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["grad_clip"]))
         opt.step()
-        sched.step()
+        if step >= warmup:
+            sched.step()
         step += 1
+        if budget > 0 and step == warmup // 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t_half = time.time()
+        if budget > 0 and step == warmup and t_half is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            per_step = (time.time() - t_half) / (warmup - warmup // 2)
+            max_steps = warmup + max(1, int((budget - (time.time() - t0)) / per_step))
+            sched = cosine(max_steps - warmup)
+            bar.total = max_steps
+            print(f"time budget {budget:.0f} s: {per_step * 1000:.1f} ms/step -> max_steps={max_steps}", flush=True)
         losses.append(loss.detach().item())
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         if rank == 0 and (step % int(tcfg["ckpt_every"]) == 0 or step == max_steps):
             save_checkpoint(last, model, task, mcfg, optimizer=opt,
                             train_state={"step": step, "scheduler": sched.state_dict(), "world_size": world,
-                                         "seed": cfg["seed"]})
+                                         "seed": cfg["seed"], "max_steps": max_steps})
     bar.close()
+    if rank == 0 and tcfg.get("export_weights"):
+        save_checkpoint(out / "weights.safetensors", model, task, mcfg,
+                        train_state={"step": step, "world_size": world, "seed": cfg["seed"], "max_steps": max_steps,
+                                     "seconds": time.time() - t0, "device": str(device)})
     summary = {"task": task, "step": step, "world_size": world, "losses": losses,
-               "seconds": time.time() - t0}
+               "seconds": time.time() - t0, "device": str(device)}
     if own_group:
         dist.barrier()
         dist.destroy_process_group()
@@ -269,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=str(ROOT / "config" / "semabs_cpu.yaml"))
     ap.add_argument("--set", nargs="*", default=[], help="overrides key.sub=value (YAML values)")
     ap.add_argument("--eval", action="store_true", help="evaluate <out_dir>/last.safetensors on the val split")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar (logs)")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.set)
@@ -282,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         for split in cfg["eval"].get("test_splits", []):
             print(split, json.dumps(evaluate(model, task, cfg, SceneSet(cfg, split), cutoff=res["cutoff"])))
         return 0
-    summary = train(cfg)
+    summary = train(cfg, progress=not args.no_progress)
     if _dist_info()[0] == 0 and int(os.environ.get("RANK", "0")) == 0:
         ls = summary["losses"]
         print(f"RESULT task={summary['task']} step={summary['step']} world_size={summary['world_size']} "

@@ -35,13 +35,16 @@ def ovssc_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: i
                 num_queries: int) -> dict[str, torch.Tensor]:
     """Stack OVSSC inputs and targets.
 
+    Labels are drawn from each sample's queried label set: its first ``num_relevancy_labels`` labels
+    (all labels when the key is absent).
+
     Returns:
         ``xyz`` (B, N, 3) float32 [m]; ``relevancy`` (B, K, N) float32; ``queries`` (B, K, M, 3) float32 [m];
         ``target`` (B, K, M) float32 in {0, 1}; ``mask`` (B, K, M) bool (padding labels are False).
     """
     xs, rs, qs, ts, ms = [], [], [], [], []
     for s in samples:
-        L = len(s["labels"])
+        L = int(s.get("num_relevancy_labels", len(s["labels"])))
         chosen = rng.choice(L, min(L, labels_per_scene), replace=False)
         xyz, rel = sample_points(s["xyz"], s["relevancy"][chosen], num_points, rng)
         r = np.zeros((labels_per_scene, num_points), np.float32)

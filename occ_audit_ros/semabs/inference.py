@@ -101,7 +101,8 @@ class SemAbsPredictor:
     @classmethod
     def from_checkpoints(cls, relevancy: RelevancyFn, ovssc_path=None, vool_path=None, **kwargs) -> "SemAbsPredictor":
         """Load networks from safetensors checkpoints (:mod:`.checkpoint`); ``empty_logit`` defaults to
-        the OVSSC card's ``cutoff`` when present.
+        the OVSSC card's ``cutoff`` and ``num_points`` to the cards' ``num_input_points`` (the point count
+        the networks were trained and evaluated with) when present.
 
         Raises:
             FileNotFoundError / ValueError: from :func:`load_checkpoint`; ValueError on a task mismatch.
@@ -112,10 +113,14 @@ class SemAbsPredictor:
             if task != "ovssc":
                 raise ValueError(f"{ovssc_path} holds a {task} network, not ovssc")
             kwargs.setdefault("empty_logit", float(card.get("cutoff", 0.0)))
+            if "num_input_points" in card:
+                kwargs.setdefault("num_points", int(card["num_input_points"]))
         if vool_path:
-            vool, task, _, _, _ = load_checkpoint(vool_path)
+            vool, task, _, _, vcard = load_checkpoint(vool_path)
             if task != "vool":
                 raise ValueError(f"{vool_path} holds a {task} network, not vool")
+            if "num_input_points" in vcard:
+                kwargs.setdefault("num_points", int(vcard["num_input_points"]))
         return cls(relevancy, ovssc, vool, **kwargs)
 
     def cloud(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, T_ws_cam: np.ndarray,

@@ -5,7 +5,8 @@ indoor``); one sample per view, in the format of :mod:`.toy`.
   carrying the shard's relevancy maps (SIMULATED relevancy, ``occ_audit_ros.sim.relevancy_sim``, not CLIP),
   cropped to the workspace and subsampled to ``max_cloud_points``;
 * labels: the view's ``relevancy_labels`` (visible labels + absent distractors, whose occupancy is empty);
-  VOOL targets/references missing from them (hidden targets) get a zero relevancy row;
+  VOOL targets/references missing from them (hidden targets) are appended with a zero relevancy row
+  (VOOL only: ``num_relevancy_labels`` = the count of queried labels, the OVSSC label set);
 * queries: the scene's random query points and the 32^3 lattice centres, occupancy = union of the
   objects carrying the label; ``valid`` = inside the camera frustum (SemAbs ignores the rest).
 """
@@ -73,7 +74,7 @@ def samples_from_scene(scene: dict, rng: np.random.Generator, max_cloud_points: 
         out.append({"xyz": xyz, "relevancy": r, "labels": labels, "queries": queries, "occupancy": occ,
                     "valid": frustum_mask(queries, scene["K"][v], scene["T_world_cam"][v], (H, W)),
                     "T_ws_cam": scene["T_world_cam"][v], "descriptions": descs, "vool_occupancy": vool,
-                    "split": meta.get("split", "")})
+                    "split": meta.get("split", ""), "num_relevancy_labels": len(vmeta["relevancy_labels"])})
     return out
 
 
