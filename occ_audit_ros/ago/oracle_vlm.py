@@ -50,7 +50,7 @@ class OracleVoxelVLM:
         phrases: Occ3D class name -> sub-category phrases.
         noise: Gaussian noise scale (per-dim std ``noise / sqrt(C)``), >= 0.
         confusion: probability of a wrong class, in [0, 1].
-        seed: RNG seed (CPU generator; the result is moved to the labels' device).
+        seed: RNG seed (a generator on the labels' device; targets are drawn there).
         template: target-text template with one ``{}``.
 
     Raises:
@@ -69,11 +69,21 @@ class OracleVoxelVLM:
         self.start = torch.cumsum(counts, 0) - counts  # (17,) first text of each class
         self.count = counts
         self.noise, self.confusion = float(noise), float(confusion)
-        self.gen = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
         self.dim = self.emb.shape[1]
+        self._device = None
+        self._on(torch.device("cpu"))
+
+    def _on(self, device) -> None:
+        """Move the table and the generator to ``device`` (a new device restarts the RNG stream
+        from ``seed``)."""
+        if self._device != device:
+            self._device = device
+            self._emb, self._start, self._count = self.emb.to(device), self.start.to(device), self.count.to(device)
+            self.gen = torch.Generator(device=device).manual_seed(self.seed)
 
     def __call__(self, semantics: torch.Tensor) -> torch.Tensor:
-        """Targets for a batch.
+        """Targets for a batch, computed on ``semantics.device`` for the occupied voxels only.
 
         Args:
             semantics: (...,) int64 Occ3D labels (0-16 classes, 17 free, 255 unobserved).
@@ -82,16 +92,23 @@ class OracleVoxelVLM:
             (N, C) float32 on ``semantics.device`` (N = semantics.numel()): unit-norm rows for
             labels 0-16, zeros elsewhere.
         """
-        lab = semantics.reshape(-1).cpu()
+        dev = semantics.device
+        self._on(dev)
+        lab = semantics.reshape(-1)
         n_cls = len(OCC3D_CLASSES)
-        occ = lab < n_cls
-        c = torch.where(occ, lab, torch.zeros_like(lab))
-        flip = torch.rand(len(c), generator=self.gen) < self.confusion
-        other = (c + torch.randint(1, n_cls, (len(c),), generator=self.gen)) % n_cls  # uniform over the others
+        idx = torch.nonzero(lab < n_cls).squeeze(1)
+        out = torch.zeros(lab.numel(), self.dim, device=dev)
+        if idx.numel() == 0:
+            return out
+        c = lab[idx]
+        n = c.numel()
+        flip = torch.rand(n, generator=self.gen, device=dev) < self.confusion
+        other = (c + torch.randint(1, n_cls, (n,), generator=self.gen, device=dev)) % n_cls  # uniform over the others
         c = torch.where(flip, other, c)
-        pick = self.start[c] + (torch.rand(len(c), generator=self.gen) * self.count[c]).long().clamp_max(self.count[c] - 1)
-        e = self.emb[pick]
+        cnt = self._count[c]
+        pick = self._start[c] + torch.minimum((torch.rand(n, generator=self.gen, device=dev) * cnt).long(), cnt - 1)
+        e = self._emb[pick]
         if self.noise > 0:
-            e = e + torch.randn(e.shape, generator=self.gen) * (self.noise / self.dim ** 0.5)
-        e = F.normalize(e, dim=-1) * occ[:, None].float()
-        return e.to(semantics.device)
+            e = e + torch.randn(e.shape, generator=self.gen, device=dev) * (self.noise / self.dim ** 0.5)
+        out[idx] = F.normalize(e, dim=-1)
+        return out
