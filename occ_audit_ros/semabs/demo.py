@@ -6,12 +6,14 @@ descriptions), computes relevancy with :class:`occ_audit_ros.relevancy.Relevancy
 "a photograph of a {} in a home.", SemAbs real-data template), builds the relevancy cloud, runs the
 OVSSC and VOOL networks and writes a figure.
 
-Without ``--ovssc-checkpoint`` / ``--vool-checkpoint`` the 3D networks are RANDOMLY INITIALISED, and with
-``--clip random`` CLIP is random too: the picture then proves the data path (frames, shapes, units), not
-the method; the figure says so in a red banner.
+By default the shipped checkpoints (``models/semabs/*_sim_cpu.safetensors``, trained on the simulator's
+SIMULATED relevancy) are used; ``--random-nets`` uses RANDOMLY INITIALISED 3D networks instead. With
+``--clip random`` (no pretrained CLIP weights exist here) the relevancy is that of a random CLIP: the
+picture then proves the data path (frames, shapes, units), not the method; the figure says so in a red
+banner.
 
 Usage:
-    python -m occ_audit_ros.semabs.demo [--clip random] [--out docs/img/semabs_arkit_random.png]
+    python -m occ_audit_ros.semabs.demo [--clip random] [--random-nets] [--out docs/img/semabs_arkit_random.png]
 """
 
 from __future__ import annotations
@@ -60,8 +62,11 @@ def run(scene: dict, predictor: SemAbsPredictor, grid: int = 32) -> dict:
     return {"relevancy": rel, "cloud": (xyz, r), "ovssc": ov, "vool": vools}
 
 
-def save_figure(scene: dict, out: dict, path, random_weights: bool) -> Path:
-    """2 x 3 panel figure: RGB, depth, relevancy of one label, cloud, OVSSC argmax, VOOL probability."""
+def save_figure(scene: dict, out: dict, path, random_weights: bool, banner: str | None = None) -> Path:
+    """2 x 3 panel figure: RGB, depth, relevancy of one label, cloud, OVSSC argmax, VOOL probability.
+
+    ``banner``: text of the red banner drawn when ``random_weights`` (default: random CLIP and 3D networks).
+    """
     from matplotlib.figure import Figure
 
     from ..viz import _save_figure_atomically, label_palette
@@ -89,10 +94,12 @@ def save_figure(scene: dict, out: dict, path, random_weights: bool) -> Path:
     ax = fig.add_subplot(2, 3, 5, projection="3d")
     occ = ov.label_ids >= 0
     title = f"OVSSC argmax at 32^3 (empty if max logit < {ov.empty_logit:g})\n{int(occ.sum())} occupied cells"
-    if random_weights:  # a random network's cutoff is meaningless: show the 10 % most confident cells
+    if random_weights:  # with random weights the cutoff is meaningless: show the 10 % most confident cells
         best = ov.logits.max(axis=0)
+        n_cut = int(occ.sum())
         occ = best >= np.quantile(best, 0.9)
-        title = "OVSSC argmax at 32^3, random net:\ntop 10% cells by max logit"
+        title = (f"OVSSC argmax at 32^3, random weights ({n_cut} cells >= cutoff {ov.empty_logit:g}):\n"
+                 "top 10% cells by max logit")
     ax.scatter(*ov.queries[occ].T, c=pal[ov.label_ids[occ].clip(0)], s=4, marker="s")
     ax.set_title(title)
     v = out["vool"][1] if len(out["vool"]) > 1 else out["vool"][0]
@@ -110,7 +117,7 @@ def save_figure(scene: dict, out: dict, path, random_weights: bool) -> Path:
                for i, l in enumerate(labels)]
     fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=8)
     if random_weights:
-        fig.text(0.5, 0.995, "RANDOM WEIGHTS (CLIP and SemAbs 3D networks): data-path check only, not results",
+        fig.text(0.5, 0.995, banner or "RANDOM WEIGHTS (CLIP and SemAbs 3D networks): data-path check only, not results",
                  ha="center", va="top", fontsize=14, fontweight="bold", color="white",
                  bbox=dict(facecolor="red", edgecolor="red"))
     fig.subplots_adjust(top=0.92, bottom=0.1)
@@ -121,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     """CLI (see module docstring); prints a ``RESULT`` line."""
     ap = argparse.ArgumentParser(description="SemAbs OVSSC + VOOL on the real ARKit vn_poster frame")
     ap.add_argument("--clip", default="random", help="CLIP model (directory, hub id, 'random', 'random-tiny')")
-    ap.add_argument("--ovssc-checkpoint"), ap.add_argument("--vool-checkpoint")
+    ap.add_argument("--ovssc-checkpoint", default="models/semabs/ovssc_sim_cpu.safetensors")
+    ap.add_argument("--vool-checkpoint", default="models/semabs/vool_sim_cpu.safetensors")
+    ap.add_argument("--random-nets", action="store_true", help="randomly initialised 3D networks")
     ap.add_argument("--config", default=None, help="YAML with a 'model' section for random networks "
                                                    "(default config/semabs_cpu.yaml)")
-    ap.add_argument("--num-points", type=int, default=80000)
+    ap.add_argument("--num-points", type=int, default=None, help="default: the checkpoint card's (random nets: 80000)")
     ap.add_argument("--out", default="docs/img/semabs_arkit_random.png")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -135,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     extractor = RelevancyExtractor(clip, RelevancyConfig(prompt_template="a photograph of a {} in a home."))
-    if args.ovssc_checkpoint and args.vool_checkpoint:
-        predictor = SemAbsPredictor.from_checkpoints(extractor, args.ovssc_checkpoint, args.vool_checkpoint,
-                                                     num_points=args.num_points, random_weights=clip.random_weights)
+    if not args.random_nets:
+        kw = {} if args.num_points is None else {"num_points": args.num_points}
+        predictor = SemAbsPredictor.from_checkpoints(extractor, paths.resource(args.ovssc_checkpoint),
+                                                     paths.resource(args.vool_checkpoint),
+                                                     random_weights=clip.random_weights, **kw)
         random_nets = False
     else:
         import yaml
@@ -146,17 +157,20 @@ def main(argv: list[str] | None = None) -> int:
         with open(cfg_path) as f:
             mcfg = SemAbsConfig.from_dict(yaml.safe_load(f)["model"])
         torch.manual_seed(args.seed)
-        predictor = SemAbsPredictor(extractor, SemAbsOVSSC(mcfg), SemAbsVOOL(mcfg), num_points=args.num_points,
+        predictor = SemAbsPredictor(extractor, SemAbsOVSSC(mcfg), SemAbsVOOL(mcfg), num_points=args.num_points or 80000,
                                     empty_logit=0.0, random_weights=True)
         random_nets = True
     t0 = time.time()
     out = run(scene, predictor)
     dt = time.time() - t0
-    path = save_figure(scene, out, args.out, clip.random_weights or random_nets)
+    banner = ("RANDOM WEIGHTS (CLIP and SemAbs 3D networks): data-path check only, not results" if random_nets else
+              "RANDOM CLIP WEIGHTS (3D nets trained on SIMULATED relevancy): data-path check only, not results")
+    path = save_figure(scene, out, args.out, clip.random_weights or random_nets, banner)
     xyz, _ = out["cloud"]
     print(f"wrote {path}")
     print(f"RESULT cloud_points={len(xyz)} labels={len(out['ovssc'].labels)} "
           f"occupied_cells={int((out['ovssc'].label_ids >= 0).sum())} vool_queries={len(out['vool'])} "
+          f"num_points={predictor.num_points} random_clip={clip.random_weights} random_nets={random_nets} "
           f"random_weights={clip.random_weights or random_nets} seconds={dt:.1f}")
     return 0
 
