@@ -96,7 +96,7 @@ def test_semabs_node_ovssc_and_hidden_object_query(ros, keyframe_bag, keyframe):
     grid = sink.got["grid"][0]
     assert grid.header.frame_id == "base_link" and grid.random_weights
     assert list(grid.dimensions) == [16, 16, 16] and list(grid.labels) == LABELS
-    assert grid.model.endswith("ovssc_sim_cpu.safetensors")
+    assert grid.model.endswith("ovssc_sim.safetensors")
     voxels = msg_to_semantic_voxels(grid)
 
     # Independent run of the ROS-free model on the keyframe's own data (image, LiDAR depth, calibration).
@@ -104,8 +104,8 @@ def test_semabs_node_ovssc_and_hidden_object_query(ros, keyframe_bag, keyframe):
     depth = lidar_depth_for_camera(keyframe, "CAM_FRONT").astype(np.float32)
     depth[~((depth >= 1.0) & (depth <= 80.0))] = np.nan
     extractor = RelevancyExtractor(node.clip, node.config.relevancy)
-    pred = SemAbsPredictor.from_checkpoints(extractor, paths.resource("models/semabs/ovssc_sim_cpu.safetensors"),
-                                            paths.resource("models/semabs/vool_sim_cpu.safetensors"), num_points=4000,
+    pred = SemAbsPredictor.from_checkpoints(extractor, paths.resource("models/semabs/ovssc_sim.safetensors"),
+                                            paths.resource("models/semabs/vool_sim.safetensors"), num_points=4000,
                                             random_weights=True)
     ws_center = (np.asarray(pred.workspace.lower) + np.asarray(pred.workspace.upper)) / 2
     T_ws_cam = cam.T_base_cam.copy()

@@ -10,8 +10,8 @@ sys.path.insert(0, str(ROOT))
 
 from occ_audit_ros.semabs.checkpoint import load_checkpoint  # noqa: E402
 
-SHIPPED = {"ovssc": ROOT / "models/semabs/ovssc_sim_cpu.safetensors",
-           "vool": ROOT / "models/semabs/vool_sim_cpu.safetensors"}
+SHIPPED = {"ovssc": ROOT / "models/semabs/ovssc_sim.safetensors",
+           "vool": ROOT / "models/semabs/vool_sim.safetensors"}
 
 
 @pytest.fixture(scope="module")

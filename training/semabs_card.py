@@ -6,7 +6,7 @@ cutoff) on simulator scenes regenerated in-process from (config/sim_indoor.yaml,
 
 Usage:
     python training/semabs_card.py --checkpoint /tmp/semabs_runs/ovssc/last.safetensors --cutoff 1.3 \
-        --out models/semabs/ovssc_sim_cpu.safetensors --card-json '{"val_iou": ...}'
+        --out models/semabs/ovssc_sim.safetensors --card-json '{"val_iou": ...}'
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ descriptions), computes relevancy with :class:`occ_audit_ros.relevancy.Relevancy
 "a photograph of a {} in a home.", SemAbs real-data template), builds the relevancy cloud, runs the
 OVSSC and VOOL networks and writes a figure.
 
-By default the shipped checkpoints (``models/semabs/*_sim_cpu.safetensors``, trained on the simulator's
+By default the shipped checkpoints (``models/semabs/*_sim.safetensors``, trained on the simulator's
 SIMULATED relevancy) are used; ``--random-nets`` uses RANDOMLY INITIALISED 3D networks instead. With
 ``--clip random`` (no pretrained CLIP weights exist here) the relevancy is that of a random CLIP: the
 picture then proves the data path (frames, shapes, units), not the method; the figure says so in a red
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     """CLI (see module docstring); prints a ``RESULT`` line."""
     ap = argparse.ArgumentParser(description="SemAbs OVSSC + VOOL on the real ARKit vn_poster frame")
     ap.add_argument("--clip", default="random", help="CLIP model (directory, hub id, 'random', 'random-tiny')")
-    ap.add_argument("--ovssc-checkpoint", default="models/semabs/ovssc_sim_cpu.safetensors")
-    ap.add_argument("--vool-checkpoint", default="models/semabs/vool_sim_cpu.safetensors")
+    ap.add_argument("--ovssc-checkpoint", default="models/semabs/ovssc_sim.safetensors")
+    ap.add_argument("--vool-checkpoint", default="models/semabs/vool_sim.safetensors")
     ap.add_argument("--random-nets", action="store_true", help="randomly initialised 3D networks")
     ap.add_argument("--config", default=None, help="YAML with a 'model' section for random networks "
                                                    "(default config/semabs_cpu.yaml)")
