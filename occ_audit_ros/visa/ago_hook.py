@@ -45,8 +45,10 @@ from .losses import AuditTargets, GraphEdges, VisaLossConfig, graph_edges, ramp,
 from .taxonomy import K_OBJ_OCC3D_INDEX
 
 
-def _shift(t: AuditTargets, offset: int) -> AuditTargets:
-    return dataclasses.replace(t, voxel_index=torch.where(t.voxel_index >= 0, t.voxel_index + offset, -1))
+def _shift(t: AuditTargets, offset: int, frame_offset: int = 0) -> AuditTargets:
+    """Voxel indices + ``offset`` (batch item), frame ids + ``frame_offset`` (one graph per sample)."""
+    return dataclasses.replace(t, voxel_index=torch.where(t.voxel_index >= 0, t.voxel_index + offset, -1),
+                               frame=t.frame + frame_offset)
 
 
 class VisaExtraLoss:
@@ -75,25 +77,54 @@ class VisaExtraLoss:
         self.step = int(start_step)
         self.generator = torch.Generator().manual_seed(seed)
         self.k_obj_index = tuple(k_obj_index)
+        self._frames = 1 + max([int(t.frame.max()) for t in self.targets.values() if len(t.frame)] or [0])
+        self._cache: dict = {}
+
+    def _prepared(self, tok: str, b: int, nvox: int, device):
+        """Targets of sample ``tok`` as batch item ``b`` on ``device`` and its audit-graph edges
+        (None when a frame has more than ``max_edges_per_frame`` candidate edges: those are drawn
+        per step with the generator). Cached per (token, b, device): the targets are copied to the
+        device once, not at every step."""
+        key = (tok, b, nvox, str(device))
+        if key not in self._cache:
+            t = _shift(self.targets[tok], b * nvox, b * self._frames)
+            e = graph_edges(t, self.cfg.min_voxels, self.cfg.jaccard_positive, self.cfg.jaccard_negative,
+                            max_edges_per_frame=1 << 62)
+            fr = t.frame[e.i]
+            deterministic = len(fr) == 0 or int(torch.unique(fr, return_counts=True)[1].max()) <= self.cfg.max_edges_per_frame
+            self._cache[key] = (t, t.to(device), e if deterministic else None)
+        return self._cache[key]
 
     def __call__(self, batch: dict, outputs: dict, model=None) -> dict[str, torch.Tensor]:
-        """The weighted VISA terms of one training step (0 when no sample of the batch is audited)."""
+        """The weighted VISA terms of one training step (0 when no sample of the batch is audited).
+
+        Each batch item is its own audit-graph frame set (frame ids shifted by the item index), so
+        no L_graph edge joins two samples of a batch.
+        """
         logits = outputs["class_logits"]  # (B, X, Y, Z, C)
         B, X, Y, Z, _ = logits.shape
-        parts = [_shift(self.targets[tok], b * X * Y * Z) for b, tok in enumerate(batch["tokens"])
+        dev = logits.device
+        parts = [self._prepared(tok, b, X * Y * Z, dev) for b, tok in enumerate(batch["tokens"])
                  if tok in self.targets and len(self.targets[tok].gt)]
         k = ramp(self.step / self.steps_per_epoch, self.cfg.ramp_epochs)
         self.step += 1
         if not parts:
             zero = logits.sum() * 0.0
             return {"visa_tax": zero, "visa_attr": zero, "visa_graph": zero}
-        targets = concat_targets(parts)
-        # the audit graph is built from the (CPU) audits alone, then moved with the targets
-        e = graph_edges(targets, self.cfg.min_voxels, self.cfg.jaccard_positive, self.cfg.jaccard_negative,
-                        self.cfg.max_edges_per_frame, self.generator)
-        dev = logits.device
-        edges = GraphEdges(e.i.to(dev), e.j.to(dev), e.positive.to(dev))
-        out = visa_loss(logits.permute(0, 4, 1, 2, 3), targets.to(dev), self.cfg, epoch=None, edges=edges,
+        targets = parts[0][1] if len(parts) == 1 else concat_targets([p[1] for p in parts])
+        # audit-graph edges come from the audits alone (never the logits): cached per sample, or
+        # subsampled now with the generator, in frame order (= graph_edges over the whole batch)
+        I, J, P, rows = [], [], [], 0
+        for t_cpu, _, e in parts:
+            if e is None:
+                e = graph_edges(t_cpu, self.cfg.min_voxels, self.cfg.jaccard_positive, self.cfg.jaccard_negative,
+                                self.cfg.max_edges_per_frame, self.generator)
+            I.append(e.i + rows)
+            J.append(e.j + rows)
+            P.append(e.positive)
+            rows += len(t_cpu.gt)
+        edges = GraphEdges(torch.cat(I).to(dev), torch.cat(J).to(dev), torch.cat(P).to(dev))
+        out = visa_loss(logits.permute(0, 4, 1, 2, 3), targets, self.cfg, epoch=None, edges=edges,
                         k_obj_index=self.k_obj_index)
         return {"visa_tax": k * self.cfg.lambda_tax * out["tax"],
                 "visa_attr": k * self.cfg.lambda_attr * out["attr"],
