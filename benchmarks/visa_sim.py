@@ -494,8 +494,11 @@ def report(args) -> int:
         s = [summary[(n, k)][1] for n in abl]
         ax.bar(range(len(abl)), m, yerr=s, capsize=3, color=["grey"] + ["tab:blue"] * (len(abl) - 1))
         ax.set_xticks(range(len(abl)), abl, rotation=45, ha="right")
-        ax.set_title(f"{t} (val, mean ± std, 3 seeds)")
-    fig.suptitle("VISA ablations on the driving simulator — SIMULATED audits (not a VLM)")
+        ax.set_title(f"{t} (val)")
+        for x, n in enumerate(abl):
+            ax.annotate(f"n={len(by[n])}", (x, 0), ha="center", va="bottom", fontsize=7)
+    fig.suptitle("VISA ablations on the driving simulator — SIMULATED audits (not a VLM); mean ± std over "
+                 f"n seeds{args.note}")
     fig.tight_layout()
     fig.savefig(img / "visa_sim_ablation.png", dpi=110)
     accs = sorted({int(n[3:-2]) for n in by if n.startswith("acc") and n.endswith("_w")})
@@ -513,10 +516,13 @@ def report(args) -> int:
                 m = [summary[(f"acc{a}{suf}", k)][0] for a in xs]
                 s = [summary[(f"acc{a}{suf}", k)][1] for a in xs]
                 ax.errorbar(xs, m, yerr=s, marker="o", capsize=3, label=lab, color=c)
+                for x, y in zip(xs, m):
+                    ax.annotate(f"n={len(by[f'acc{x}{suf}'])}", (x, y), fontsize=7, color=c,
+                                textcoords="offset points", xytext=(4, 4 if suf == "_w" else -10))
             ax.set_xlabel("simulated audit accuracy (%)")
             ax.set_title(t)
         axes[0].legend(fontsize=8)
-        fig.suptitle("Audit-accuracy sweep — SIMULATED audits (mean ± std over 3 seeds)")
+        fig.suptitle(f"Audit-accuracy sweep — SIMULATED audits (mean ± std over n seeds){args.note}")
         fig.tight_layout()
         fig.savefig(img / "visa_sim_accuracy_sweep.png", dpi=110)
         for a in accs:
@@ -564,6 +570,7 @@ def main(argv=None) -> int:
     q = sub.add_parser("report")
     q.add_argument("--results", nargs="+", required=True)
     q.add_argument("--img", default=str(REPO / "docs" / "img"))
+    q.add_argument("--note", default="", help="appended to the plot titles")
     args = ap.parse_args(argv)
     return {"prepare": prepare, "run": run, "report": report}[args.cmd](args)
 
