@@ -232,7 +232,7 @@ def test_in_process_launcher_runs_the_replay_composition(keyframe, tmp_path):
         rclpy.try_shutdown()
 
 
-@pytest.mark.parametrize("name", ["perception.yaml", "perception_semabs.yaml"])
+@pytest.mark.parametrize("name", ["perception.yaml", "perception_semabs.yaml", "perception_ago.yaml"])
 def test_shipped_params_files_validate(name):
     """Every key of the shipped parameter files is a declared parameter with a valid value."""
     from occ_audit_ros.launch_static import flatten_params_file
@@ -240,4 +240,4 @@ def test_shipped_params_files_validate(name):
 
     values = flatten_params_file(ROOT / "config" / name, "perception_node")
     checked = validate({k: v for k, v in values.items() if not k.startswith("qos_overrides.")})
-    assert checked["model"] == ("semabs" if "semabs" in name else "relevancy")
+    assert checked["model"] == {"perception.yaml": "relevancy", "perception_semabs.yaml": "semabs"}.get(name, "ago")

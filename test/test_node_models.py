@@ -1,11 +1,9 @@
 """The perception node with its learned models over real rclpy on the real nuScenes keyframe:
-``model: semabs`` (shipped OVSSC + VOOL checkpoints, hidden-object queries) and ``model: ago`` (a
-checkpoint trained here for a few steps). Each output is checked against the ROS-free model run
+``model: semabs`` (shipped OVSSC + VOOL checkpoints, hidden-object queries) and ``model: ago`` (the
+shipped simulator checkpoint). Each output is checked against the ROS-free model run
 directly on the same keyframe data, so the node is shown to be a faithful adapter."""
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +22,6 @@ from occ_audit_ros.nodes.perception_node import PerceptionNode
 from occ_audit_ros.nuscenes_io import lidar_depth_for_camera
 from occ_audit_ros.tools.nuscenes_to_bag import write_keyframe_bag
 
-REPO = Path(__file__).resolve().parent.parent
 LABELS = ["car", "road", "building", "tree"]
 CENTER = np.array([6.0, 0.0, 0.9])  # LiDAR returns exist 5-7 m ahead of the car (the LiDAR is blind nearer)
 QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -167,18 +164,9 @@ def test_semabs_grid_outside_the_workspace_is_a_clear_error():
 
 
 @pytest.fixture(scope="module")
-def ago_checkpoint(tmp_path_factory):
-    """A tiny AGO model trained for 2 steps on the keyframe (random SmallCNN + real MiniLM text)."""
-    sys.path.insert(0, str(REPO / "training"))
-    import train_ago
-
-    out = tmp_path_factory.mktemp("ago")
-    cfg = train_ago.load_config(REPO / "config" / "ago_train.yaml", [
-        "data.voxel_size=3.2", "data.image_scale=0.05", "data.gt_pixel_stride=48", "model.cnn_channels=8",
-        "model.cnn_width=8", "model.hidden=8", "optim.warmup_steps=1", "optim.steps=2", "checkpoint_every=2",
-        "log_every=1", f"out_dir={out}", f"data.gt_dir={out / 'gt'}"])
-    train_ago.train(cfg, progress=False)
-    return out
+def ago_checkpoint():
+    """The shipped AGO checkpoint (driving simulator, grounding head, real MiniLM text; docs/ago.md)."""
+    return paths.resource("models/ago/closed_ground_sim")
 
 
 def test_ago_node_equals_the_predictor(ros, keyframe_bag, keyframe, ago_checkpoint):
@@ -199,7 +187,7 @@ def test_ago_node_equals_the_predictor(ros, keyframe_bag, keyframe, ago_checkpoi
     res = pred.predict([c.image for c in cams], [c.K for c in cams], [c.T_base_cam for c in cams],
                        [lidar_depth_for_camera(keyframe, c.channel) for c in cams])
     assert voxels.frame_id == "base_link" and voxels.labels == labels
-    assert voxels.spec.dims == pred.spec.dims == (25, 25, 2)  # the checkpoint's grid, not grid.*
+    assert voxels.spec.dims == pred.spec.dims == (100, 100, 8)  # the checkpoint's grid, not grid.*
     assert len(res.voxels.indices) > 0
     np.testing.assert_array_equal(voxels.indices, res.voxels.indices)
     np.testing.assert_array_equal(voxels.label_ids, res.voxels.label_ids)
