@@ -322,6 +322,82 @@ def train_and_eval(name, spec, seed, steps, meta, cfg, samples, tensors, text, w
             "final_losses": sums, "train_s": t_train, "total_s": time.time() - t0}
 
 
+def trainer_files(cache: Path, work: Path) -> dict:
+    """Inputs of ``training/train_ago.py`` from the cache (no devkit, no MiniLM): the train / val
+    samples files (``ago.data.save_samples_file``), the noise dictionary as text, and one VISA
+    targets file (``ago_hook.save_targets``) per audit set ``<setting>|<seed>|<weighted>``."""
+    from safetensors.torch import load_file
+
+    from occ_audit_ros.ago.data import AgoSample, save_samples_file
+    from occ_audit_ros.visa.ago_hook import save_targets
+
+    work.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((cache / "meta.json").read_text())
+    data = np.load(cache / "data.npz")
+    files = {}
+    for split in ("train", "val"):
+        samples = []
+        for tok in meta[split]:
+            cams = [(np.asarray(K), np.asarray(T), w, h) for K, T, w, h in meta["cams"][tok]]
+            samples.append(AgoSample(tok, torch.from_numpy(data[f"{tok}/images"]).float() / 255.0,
+                                     torch.from_numpy(data[f"{tok}/depth"]), None,
+                                     torch.from_numpy(data[f"{tok}/semantics"].astype(np.int64)),
+                                     torch.from_numpy(data[f"{tok}/mask_camera"]), cams))
+        files[split] = str(save_samples_file(work / f"samples_{split}.safetensors", samples))
+    words = json.loads((cache / "words.json").read_text())
+    (work / "dictionary.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    files["dictionary"] = str(work / "dictionary.txt")
+    tensors = load_file(str(cache / "targets.safetensors"))
+    for key in meta["target_sets"]:
+        path = work / f"targets-{key.replace('|', '_')}.safetensors"
+        save_targets(path, _targets_for(tensors, key, meta["train"]),
+                     dict(meta["target_sets"][key], num_samples=len(meta["train"])))
+        files[key] = str(path)
+    (work / "files.json").write_text(json.dumps(files))
+    return files
+
+
+def trainer_run(name, spec, seed, steps, files, cache: Path, out: Path, device, rare_ids, val_samples,
+                evaluate: bool = True):
+    """One run through ``train_ago.train(cfg)`` itself: VISA enters through the config's ``visa:``
+    switch (``visa.targets`` = the run's audit set, λ's from the run table); evaluation =
+    ``train_ago.evaluate`` of the final checkpoint on the validation samples."""
+    import train_ago
+    from occ_audit_ros.ago.checkpoint import load_checkpoint
+    from occ_audit_ros.ago.metrics import geometric_iou, iou_per_class, mean_iou
+
+    t0 = time.time()
+    cfg = train_ago.load_config(AGO_CONFIG)
+    run_dir = out / "_runs" / f"{name}-s{seed}-{steps}"
+    cfg.update(seed=int(seed), out_dir=str(run_dir), text_cache=str(cache / "text_cache.safetensors"),
+               device=str(device), checkpoint_every=10 ** 9, log_every=50)
+    cfg["data"]["samples_file"] = files["train"]
+    cfg["noise"]["dictionary_file"] = files["dictionary"]
+    cfg["optim"]["steps"] = int(steps)
+    if spec is not None:
+        setting, rel, (lt, la, lg) = spec
+        cfg["visa"] = {"enabled": True, "targets": files[f"{setting}|{seed}|{int(rel)}"],
+                       "losses": {"lambda_tax": lt, "lambda_attr": la, "lambda_graph": lg}}
+    r = train_ago.train(cfg, resume=False, progress=False)
+    t_train = time.time() - t0
+    if not evaluate:
+        return {"train_s": t_train}
+    ccfg, _, _, bank, lm, _, _, model = train_ago.build_everything(cfg)
+    load_checkpoint(r["checkpoint"], model)
+    model.to(device)
+    m = train_ago.evaluate(model, val_samples, bank, lm).matrix
+    iou = iou_per_class(m)
+    last = {}
+    logp = Path(r["log"])
+    if logp.is_file():
+        last = json.loads(logp.read_text().splitlines()[-1])
+    return {"run": name, "seed": seed, "steps": steps, "loop": "train_ago", "miou": mean_iou(m, range(17)) * 100,
+            "object_miou": mean_iou(m, ccfg.object_classes) * 100, "rare_miou": mean_iou(m, rare_ids) * 100,
+            "geo_iou": geometric_iou(m) * 100,
+            "iou": {ccfg.classes[i]: (None if not np.isfinite(iou[i]) else float(iou[i] * 100)) for i in range(17)},
+            "final_losses": last, "train_s": t_train, "total_s": time.time() - t0}
+
+
 def worker(args) -> int:
     from safetensors.torch import load_file
 
@@ -332,14 +408,32 @@ def worker(args) -> int:
     i, n = (int(x) for x in args.worker.split("/"))
     device = torch.device(args.device)
     cache = Path(args.cache)
-    meta, cfg, samples = _load_cache(cache, device)
-    tensors = load_file(str(cache / "targets.safetensors"))
-    te = meta["text_encoder"]
-    text = CachedTextEncoder(OfflineTextEncoder(te["name"], te["dim"]), cache / "text_cache.safetensors")
-    words = json.loads((cache / "words.json").read_text())
     ccfg = load_class_config()
     rare = yaml.safe_load(VISA_CONFIG.read_text())["evaluation"]["rare_classes"]
     rare_ids = [ccfg.classes.index(c) for c in rare]
+    if args.loop == "trainer":
+        import train_ago
+        from occ_audit_ros.ago.data import load_samples_file
+        from occ_audit_ros.ago.occ_gt import OCC3D_SPEC
+        from occ_audit_ros.voxel_grid import VoxelGridSpec
+
+        files = json.loads((Path(args.out) / "_work" / "files.json").read_text())
+        vs = yaml.safe_load(AGO_CONFIG.read_text())["data"]["voxel_size"]
+        val = [train_ago.sample_to(s, device)
+               for s in load_samples_file(files["val"], VoxelGridSpec(OCC3D_SPEC.lower, OCC3D_SPEC.upper, vs))]
+
+        def one(name, spec, seed, steps, evaluate=True):
+            return trainer_run(name, spec, seed, steps, files, cache, Path(args.out), device, rare_ids, val, evaluate)
+    else:
+        meta, cfg, samples = _load_cache(cache, device)
+        tensors = load_file(str(cache / "targets.safetensors"))
+        te = meta["text_encoder"]
+        text = CachedTextEncoder(OfflineTextEncoder(te["name"], te["dim"]), cache / "text_cache.safetensors")
+        words = json.loads((cache / "words.json").read_text())
+
+        def one(name, spec, seed, steps, evaluate=True):
+            return train_and_eval(name, spec, seed, steps, meta, cfg, samples, tensors, text, words, device,
+                                  rare_ids, evaluate)
     runs = run_table(args.accuracies)
     todo = _order(runs, args.seeds, args.only)[i::n]
     out = Path(args.out)
@@ -348,12 +442,10 @@ def worker(args) -> int:
     if steps <= 0:  # automatic: probe the step time with every worker running, then fit the budget
         t_load = time.time() - args.start
         p_short, p_long = args.probe_steps
-        short = train_and_eval("probe", runs["visa"], 0, p_short, meta, cfg, samples, tensors, text, words, device,
-                               rare_ids, evaluate=False)["train_s"]
-        long_ = train_and_eval("probe", runs["visa"], 0, p_long, meta, cfg, samples, tensors, text, words, device,
-                               rare_ids, evaluate=False)["train_s"]
+        short = one("probe", runs["visa"], 0, p_short, evaluate=False)["train_s"]
+        long_ = one("probe", runs["visa"], 0, p_long, evaluate=False)["train_s"]
         t0 = time.time()
-        train_and_eval("probe", None, 0, 1, meta, cfg, samples, tensors, text, words, device, rare_ids)
+        one("probe", None, 0, 1)
         t_eval = time.time() - t0
         (out / f"probe-{i}.json").write_text(json.dumps({"step_s": (long_ - short) / (p_long - p_short), "eval_s": t_eval,
                                                          "load_s": t_load, "overhead_s": short}))
@@ -381,8 +473,7 @@ def worker(args) -> int:
             if time.time() > deadline:
                 print(f"worker {i}: deadline, skipping {name} seed {seed}", flush=True)
                 continue
-            r = train_and_eval(name, runs[name], seed, steps, meta, cfg, samples, tensors, text, words,
-                               device, rare_ids)
+            r = one(name, runs[name], seed, steps)
             r["spec"] = runs[name]
             f.write(json.dumps(r) + "\n")
             f.flush()
@@ -409,11 +500,14 @@ def run(args) -> int:
     if args.worker:
         return worker(args)
     start = time.time()
+    if args.loop == "trainer":
+        trainer_files(Path(args.cache), out / "_work")
+        print(f"trainer inputs written in {time.time() - start:.0f} s", flush=True)
     procs = []
     for i in range(args.workers):
         cmd = [sys.executable, __file__, "run", "--cache", args.cache, "--out", args.out, "--steps", str(args.steps),
                "--min-steps", str(args.min_steps), "--max-steps", str(args.max_steps),
-               "--probe-steps", *map(str, args.probe_steps),
+               "--probe-steps", *map(str, args.probe_steps), "--loop", args.loop,
                "--device", args.device, "--worker", f"{i}/{args.workers}", "--deadline-s", str(args.deadline_s),
                "--start", str(start), "--seeds", *map(str, args.seeds), "--accuracies", *map(str, args.accuracies)]
         if args.only:
@@ -557,6 +651,9 @@ def main(argv=None) -> int:
     r.add_argument("--out", required=True)
     r.add_argument("--steps", type=int, default=600, help="steps per run; 0: fit --deadline-s (probe first)")
     r.add_argument("--min-steps", type=int, default=300)
+    r.add_argument("--loop", choices=["trainer", "own"], default="trainer",
+                   help="trainer: training/train_ago.py's train() with the config's visa: switch (default); "
+                        "own: this script's copy of that loop (the partial GPU run of docs/visa.md used it)")
     r.add_argument("--probe-steps", nargs=2, type=int, default=[5, 25], help="two probe lengths (auto steps)")
     r.add_argument("--max-steps", type=int, default=3000)
     r.add_argument("--workers", type=int, default=1)

@@ -121,6 +121,12 @@ def test_build_extra_losses_and_the_trainer_switch(split, tmp_path):
     assert zero == []
     (hook,) = build_extra_losses({"enabled": True, "losses": {"ramp_epochs": 0.0}}, cfg)
     assert isinstance(hook, VisaExtraLoss) and hook.steps_per_epoch == 1  # 2 samples, batch 2
+    # a precomputed targets file: same targets, ramp length from its num_samples
+    from occ_audit_ros.visa.ago_hook import save_targets
+
+    save_targets(tmp_path / "t.safetensors", hook.targets, {"num_samples": 4})
+    (from_file,) = build_extra_losses({"enabled": True, "targets": str(tmp_path / "t.safetensors")}, cfg)
+    assert from_file.steps_per_epoch == 2 and set(from_file.targets) == set(hook.targets)
     X, Y, Z = 100, 100, 8
     logits = torch.randn(2, X, Y, Z, 18, requires_grad=True)
     terms = hook({"tokens": sorted(hook.targets)}, {"class_logits": logits}, None)

@@ -19,7 +19,9 @@ except ``enabled``; everything else defaults to ``config/visa.yaml``, deep-merge
       config: config/visa.yaml    # base VISA config (auditor, grounding, weights, losses)
       audits: null                # JSONL store (training/generate_audits.py --tables ...); null:
                                   # SIMULATED audits of the training split made on the fly
-      targets: null               # precomputed targets (save_targets); overrides audits
+      targets: null               # precomputed targets (save_targets; meta "num_samples" = training
+                                  # samples, for the ramp); overrides audits
+      steps_per_epoch: null       # ramp length unit; default ceil(training samples / batch size)
       version: v1.0-test          # table folder of data.dataroot (instance tokens, tracks)
       weights: {reliability: true}   # false: w = ρ only (ablation "no reliability weighting")
       losses: {lambda_tax: 0.5, ...} # any key of the losses section
@@ -314,7 +316,8 @@ def build_extra_losses(visa_cfg: dict, cfg: dict) -> list:
 
     Returns:
         ``[VisaExtraLoss]`` (one hook; its ramp counts optimiser steps, ``steps_per_epoch`` =
-        ceil(training samples / batch size)); ``[]`` when every λ is 0.
+        ceil(training samples / batch size), the sample count from ``num_samples`` in a targets
+        file's meta, or ``visa.steps_per_epoch``); ``[]`` when every λ is 0.
 
     Raises:
         FileNotFoundError / ValueError: as :func:`split_targets` / :func:`load_targets`.
@@ -326,11 +329,13 @@ def build_extra_losses(visa_cfg: dict, cfg: dict) -> list:
     if loss_cfg.lambda_tax == loss_cfg.lambda_attr == loss_cfg.lambda_graph == 0:
         return []
     if vcfg.get("targets"):
-        targets, _ = load_targets(vcfg["targets"])
+        targets, meta = load_targets(vcfg["targets"])
+        n_samples = int(meta.get("num_samples", len(targets)))  # samples without rows may be absent
     else:
         spec = VoxelGridSpec(OCC3D_SPEC.lower, OCC3D_SPEC.upper, cfg["data"]["voxel_size"])
         targets, _ = split_targets(vcfg, cfg["data"], spec)
-    steps = math.ceil(len(targets) / max(1, int(cfg.get("optim", {}).get("batch_size", 1))))
+        n_samples = len(targets)  # one entry per training sample, rows or not
+    steps = vcfg.get("steps_per_epoch") or math.ceil(n_samples / max(1, int(cfg.get("optim", {}).get("batch_size", 1))))
     return [VisaExtraLoss(targets, loss_cfg, steps_per_epoch=max(1, steps), seed=int(cfg.get("seed", 0)))]
 
 
