@@ -5,6 +5,9 @@
   losses also take the 5-D grid directly and index it in place (no copy).
 - :func:`keyframe_targets` — audit store records + one keyframe's boxes and GT grid ->
   :class:`.losses.AuditTargets` (grounding, propagation weights, padded voxel assignment).
+- :func:`tables_targets` — the same for a whole split with real tables: every box matched to its
+  ``sample_annotation`` (:func:`annotation_rows_of_keyframe`), each instance's audit propagated
+  along its prev/next track with the annotation's visibility bin in ρ (visa.md §5, §6).
 - :class:`VisaTerm` — the configured, ramped VISA loss: ``loss = l_occ + term(logits, targets,
   epoch)["total"]``.
 
