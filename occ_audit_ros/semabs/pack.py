@@ -38,19 +38,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .pointcloud import Workspace
+from .pointcloud import Workspace, lattice_points
 
 __all__ = ["PACK_VERSION", "write_pack", "read_pack", "pack_folders"]
 
 #: Format version stored in the pack's ``meta``.
 PACK_VERSION = 1
 _Q = 65535.0
-
-
-def _lattice(ws: Workspace, n: int) -> np.ndarray:
-    lo, up = np.asarray(ws.lower, np.float64), np.asarray(ws.upper, np.float64)
-    axes = [lo[a] + (np.arange(n) + 0.5) * (up[a] - lo[a]) / n for a in range(3)]
-    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.float32)
 
 
 def _quant_xyz(xyz: np.ndarray, ws: Workspace) -> np.ndarray:
@@ -93,7 +87,7 @@ def write_pack(samples: Sequence[dict], path, workspace: Workspace, lattice_grid
         ValueError: when a sample's queries do not have the layout above.
     """
     rng = np.random.default_rng(seed)
-    lat = _lattice(workspace, lattice_grid)
+    lat = lattice_points(workspace, lattice_grid)
     nl = len(lat)
     cols: dict[str, list] = {k: [] for k in ("xyz", "rel", "rel_scale", "rq", "lat_valid", "occ", "vool")}
     views = []
@@ -166,7 +160,7 @@ def read_pack(path) -> list[dict]:
         raise ValueError(f"{path}: pack version {meta.get('version')} != {PACK_VERSION}")
     ws = Workspace(tuple(meta["lower"]), tuple(meta["upper"]))
     n = int(meta["lattice_grid"])
-    lat = _lattice(ws, n)
+    lat = lattice_points(ws, n)
     lat_bytes = (n ** 3 + 7) // 8
     o = dict.fromkeys(("xyz", "rel", "rel_scale", "rq", "lat_valid", "occ", "vool"), 0)
     out = []
