@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -43,17 +42,18 @@ def _tail(path: Path, n: int = 2000) -> str:
 def smoke(config: str, tasks, runs: Path, amp: str | None, extra) -> bool:
     """3 training steps per task (in parallel, no time budget, on the val split's data so that loading is
     quick); True when all exit with status 0."""
+    from training.train_semabs import load_config
+
+    data = load_config(config, extra)["data"]
+    val_pack = data["packs"]["val"] if data.get("source") == "pack" and "val" in data.get("packs", {}) else None
     procs = {}
     for task in tasks:
         log = runs / f"smoke_{task}_{amp or 'fp32'}.log"
         args = [sys.executable, str(TRAIN), "--no-progress", "--config", config, "--set", *extra, f"task={task}",
                 f"out_dir={runs / ('smoke_' + task)}", "train.max_steps=3", "train.time_budget_s=0",
                 "train.warmup_steps=2", f"train.amp={amp or 'null'}", "train.export_weights=false"]
-        from training.train_semabs import load_config
-
-        cfg = load_config(config, extra)
-        if cfg["data"].get("source") == "pack" and "val" in cfg["data"].get("packs", {}):
-            args.append(f"data.packs.train={cfg['data']['packs']['val']}")
+        if val_pack is not None:
+            args.append(f"data.packs.train={val_pack}")
         f = open(log, "w")
         procs[task] = (subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT), f, log)
     ok = True
@@ -106,17 +106,17 @@ def main(argv=None) -> int:
         log.close()
         print(f"train {name}: rc={rcs[name]} at {time.time() - t0:.0f} s; "
               f"{_tail(runs / f'train_{name}.log', 400).strip().splitlines()[-2:]}", flush=True)
+    from safetensors import safe_open
+
     steps = {}
     bench = {}
     for task in args.tasks:
-        cks = [str(runs / f"{task}_s{s}" / "weights.safetensors") for s in args.seeds
-               if (runs / f"{task}_s{s}" / "weights.safetensors").is_file()]
+        cks = []
         for s in args.seeds:
             w = runs / f"{task}_s{s}" / "weights.safetensors"
             if w.is_file():
+                cks.append(str(w))
                 shutil.copy(w, results / f"{task}_s{s}.safetensors")
-                from safetensors import safe_open
-
                 with safe_open(str(w), framework="pt") as f:
                     steps[f"{task}_s{s}"] = json.loads(f.metadata()["train_state"]).get("step")
         if cks:
