@@ -63,6 +63,7 @@ def run_keyframe(cfg: dict, clip_name: str = "random", seed: int = 0) -> dict:
         ``cloud_points`` (in-workspace LiDAR pixels), ``random_clip``, ``seconds``.
     """
     from ..clip_model import load_clip
+    from ..geometry import transform_points
     from ..nuscenes_io import lidar_depth_for_camera, load_keyframe
     from ..relevancy import RelevancyConfig, RelevancyExtractor
     from .inference import SemAbsPredictor
@@ -88,8 +89,7 @@ def run_keyframe(cfg: dict, clip_name: str = "random", seed: int = 0) -> dict:
     ov = predictor.ovssc(cam.image, depth, cam.K, T_ws_cam, labels, queries=queries)
     vools = [predictor.vool(cam.image, depth, cam.K, T_ws_cam, t, r, f, context_labels=labels, queries=queries)
              for t, r, f in cfg.get("vool", [])]
-    T_base_ws = np.linalg.inv(T_ws_base)
-    q_base = queries.astype(np.float64) @ T_base_ws[:3, :3].T + T_base_ws[:3, 3]
+    q_base = transform_points(np.linalg.inv(T_ws_base), queries)  # similarity: general inverse, not rigid
     return {"rgb": cam.image, "depth": depth, "relevancy": rel, "ovssc": ov, "vool": vools, "T_ws_base": T_ws_base,
             "queries_base": q_base, "boxes": kf.boxes, "cloud_points": int(len(xyz)),
             "random_clip": bool(clip.random_weights), "seconds": time.time() - t0, "labels": labels}
