@@ -264,24 +264,14 @@ _FIELDS = ("voxel_index", "gt", "hypothesis", "pi", "confusion_set", "attributes
 
 
 def save_targets(path, targets: dict[str, AuditTargets], meta: dict | None = None) -> None:
-    """Write per-sample targets to one safetensors file atomically (temp file + ``os.replace``);
+    """Write per-sample targets to one safetensors file atomically (:func:`.store.write_atomic`);
     keys ``<sample token>/<field>``, ``meta`` as JSON in the metadata."""
-    import os
-    import tempfile
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
+    from .store import write_atomic
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"{tok}/{f}": getattr(t, f).contiguous() for tok, t in targets.items() for f in _FIELDS}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "visa-targets/1", "meta": json.dumps(meta or {})})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, save(tensors, metadata={"format": "visa-targets/1", "meta": json.dumps(meta or {})}))
 
 
 def load_targets(path) -> tuple[dict[str, AuditTargets], dict]:
