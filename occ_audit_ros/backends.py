@@ -25,7 +25,6 @@ from typing import Sequence
 
 import numpy as np
 
-from .clip_model import ClipBundle
 from .pipeline import CameraInput, PipelineConfig, PipelineResult
 from .relevancy import RelevancyExtractor, as_rgb_uint8
 from .voxel_grid import SemanticVoxels, VoxelGridSpec
@@ -91,7 +90,8 @@ class SemAbsBackend:
     """Semantic Abstraction OVSSC (per-label occupancy) and VOOL (hidden objects) for the node.
 
     Args:
-        clip: loaded CLIP (relevancy maps; random weights mark every output).
+        extractor: the relevancy extractor (the node shares its pipeline's, so text embeddings are
+            cached once); its CLIP's random weights mark every output.
         config: pipeline config: labels, relevancy settings, grid (``target_frame``), depth range.
         ovssc_checkpoint: OVSSC safetensors checkpoint (``semabs.checkpoint``); its card's cutoff is
             the "empty" threshold.
@@ -109,19 +109,19 @@ class SemAbsBackend:
 
     stages = ("relevancy", "semabs_cloud_and_network")
 
-    def __init__(self, clip: ClipBundle, config: PipelineConfig, ovssc_checkpoint: str, vool_checkpoint: str = "",
-                 camera: str = "CAM_FRONT", workspace_center=(6.0, 0.0, 0.9), num_points: int = 20000,
-                 min_probability: float = 0.1, device: str = "cpu") -> None:
+    def __init__(self, extractor: RelevancyExtractor, config: PipelineConfig, ovssc_checkpoint: str,
+                 vool_checkpoint: str = "", camera: str = "CAM_FRONT", workspace_center=(6.0, 0.0, 0.9),
+                 num_points: int = 6000, min_probability: float = 0.1, device: str = "cpu") -> None:
         from .semabs.inference import SemAbsPredictor
 
-        self.clip = clip
+        self.clip = extractor.clip
         self.config = config
         self.camera = camera
         self.min_probability = float(min_probability)
-        self.relevancy = _TimedRelevancy(RelevancyExtractor(clip, config.relevancy))
+        self.relevancy = _TimedRelevancy(extractor)
         self.predictor = SemAbsPredictor.from_checkpoints(
             self.relevancy, ovssc_path=ovssc_checkpoint or None, vool_path=vool_checkpoint or None,
-            num_points=num_points, random_weights=clip.random_weights, device=device)
+            num_points=num_points, random_weights=self.clip.random_weights, device=device)
         self.model_name = str(ovssc_checkpoint or vool_checkpoint)
         ws = self.predictor.workspace
         lower, upper = np.asarray(ws.lower, np.float64), np.asarray(ws.upper, np.float64)
@@ -130,6 +130,16 @@ class SemAbsBackend:
         self.T_ws_target[:3, 3] = (lower + upper) / 2 - np.asarray(workspace_center, np.float64)
         self._set_grid(config.grid)
         self.last_view: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int] | None = None
+
+    @property
+    def grid(self) -> VoxelGridSpec:
+        """The published grid (``config.grid``; only its voxels inside the workspace are predicted)."""
+        return self.config.grid
+
+    @property
+    def random_weights(self) -> bool:
+        """True when CLIP has random weights."""
+        return bool(self.clip.random_weights)
 
     def _set_grid(self, grid: VoxelGridSpec) -> None:
         """Grid voxels whose centres lie inside the workspace, and those centres in the workspace frame."""
@@ -256,6 +266,11 @@ class AgoBackend:
     def grid(self) -> VoxelGridSpec:
         """The checkpoint's voxel grid."""
         return self.predictor.spec
+
+    @property
+    def model_name(self) -> str:
+        """The checkpoint path."""
+        return self.predictor.name
 
     def set_labels(self, labels: Sequence[str]) -> None:
         """Replace the text vocabulary (takes effect on the next frame)."""

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from . import paths
+from .devices import resolve_device
 
 LOG = logging.getLogger(__name__)
 
@@ -158,9 +159,7 @@ def load_clip(name: str, device: str | torch.device = "cpu", seed: int = 0) -> C
     """
     from transformers import CLIPModel, CLIPTokenizer
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device(device)
     if name in RANDOM_MODELS:
         LOG.warning(
             "clip_model=%s: RANDOMLY INITIALISED CLIP weights. Relevancy and semantic voxels are "

@@ -117,6 +117,21 @@ class PerceptionPipeline:
         self.config = config
         self.extractor = RelevancyExtractor(clip, config.relevancy)
 
+    @property
+    def grid(self) -> VoxelGridSpec:
+        """The published grid (``config.grid``)."""
+        return self.config.grid
+
+    @property
+    def model_name(self) -> str:
+        """The CLIP model id or path."""
+        return self.clip.name
+
+    @property
+    def random_weights(self) -> bool:
+        """True when CLIP has random weights."""
+        return bool(self.clip.random_weights)
+
     def set_labels(self, labels: Sequence[str]) -> None:
         """Replace the label set (validated: non-empty, no empty strings).
 

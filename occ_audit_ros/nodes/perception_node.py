@@ -51,8 +51,9 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from .. import conventions, paths
-from ..backends import AgoBackend, SemAbsBackend
+from ..backends import AgoBackend, HiddenObjectAnswer, SemAbsBackend
 from ..clip_model import ClipWeightsUnavailable, load_clip
+from ..devices import resolve_device
 from ..params import PARAMS_BY_NAME, PERCEPTION_PARAMS, check_preset, validate
 from ..pipeline import CameraInput, PerceptionPipeline, PipelineResult, pipeline_config_from_params
 from ..sync import ApproximateSynchronizer
@@ -184,16 +185,15 @@ class PerceptionNode(Node):
         self.stages = ("queue", "convert") + tuple(self.backend.stages) + ("publish", "end_to_end")
         self._pending_preset: str | None = None  # set by a run-time change, applied by the worker
         self._pending_vocab: list[str] | None = None  # model ago: new labels, applied by the worker
-        grid = self.output_grid()
+        grid = self.backend.grid
         self.get_logger().info(
-            f"model {self.model_kind} ({self.model_name()}); {len(config.labels)} labels; grid {grid.dims} "
+            f"model {self.model_kind} ({self.backend.model_name}); {len(config.labels)} labels; grid {grid.dims} "
             f"x {grid.voxel_size} m in {config.target_frame}; cameras {self.cameras}")
 
         self.counters = {"received_sets": 0, "processed": 0, "dropped": 0, "skipped": 0, "rejected_msgs": 0,
-                         "qos_incompatible": 0}
+                         "qos_incompatible": 0, "hidden_queries": 0, "hidden_answered": 0, "hidden_refused": 0}
         self.stream_counts = {t: 0 for t in input_topics(self.cameras)}
         self.latency: dict[str, collections.deque] = {k: collections.deque(maxlen=50) for k in self.stages}
-        self.counters.update({"hidden_queries": 0, "hidden_answered": 0, "hidden_refused": 0})
 
         try:
             import tf2_ros
@@ -256,13 +256,9 @@ class PerceptionNode(Node):
         Raises:
             FileNotFoundError / ValueError: missing or unusable checkpoints, a grid outside the workspace.
         """
-        device = values["device"]
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(values["device"])
         if self.model_kind == "semabs":
-            return SemAbsBackend(self.clip, self.config, resolve_model_path(values["semabs.ovssc_checkpoint"]),
+            return SemAbsBackend(self.pipeline.extractor, self.config, resolve_model_path(values["semabs.ovssc_checkpoint"]),
                                  resolve_model_path(values["semabs.vool_checkpoint"]), camera=values["semabs.camera"],
                                  workspace_center=values["semabs.workspace_center"],
                                  num_points=values["semabs.num_points"],
@@ -277,22 +273,6 @@ class PerceptionNode(Node):
                                           "marked random_weights=true")
             return backend
         return self.pipeline
-
-    def output_grid(self):
-        """The published grid geometry (``grid.*``, or the AGO checkpoint's)."""
-        return self.backend.grid if self.model_kind == "ago" else self.config.grid
-
-    def model_name(self) -> str:
-        """CLIP id (relevancy), SemAbs OVSSC checkpoint, or AGO checkpoint."""
-        if self.model_kind == "semabs":
-            return self.backend.model_name
-        if self.model_kind == "ago":
-            return self.backend.predictor.name
-        return self.clip.name
-
-    def random_weights(self) -> bool:
-        """True when any part of the model has random weights."""
-        return bool(self.backend.random_weights) if self.model_kind == "ago" else bool(self.clip.random_weights)
 
     @staticmethod
     def _tf_type():
@@ -486,17 +466,13 @@ class PerceptionNode(Node):
 
         An unanswerable query (model is not semabs, unknown relation, no VOOL checkpoint ...) is a
         rate-limited warning and an empty result, so a client waiting for an answer gets one."""
-        from ..backends import HiddenObjectAnswer
-
         if self.model_kind == "semabs":
             answer = self.backend.hidden_object(query.target, query.relation, query.reference)
         else:
-            import numpy as _np
-
-            answer = HiddenObjectAnswer(query.target, query.relation, query.reference, self.output_grid(),
-                                        self.config.target_frame, _np.zeros(0, _np.uint32), _np.zeros(0, _np.float32),
-                                        stamp_ns=self.last_result.voxels.stamp_ns, random_weights=self.random_weights(),
-                                        model=self.model_name(),
+            answer = HiddenObjectAnswer(query.target, query.relation, query.reference, self.backend.grid,
+                                        self.config.target_frame, np.zeros(0, np.uint32), np.zeros(0, np.float32),
+                                        stamp_ns=self.last_result.voxels.stamp_ns,
+                                        random_weights=self.backend.random_weights, model=self.backend.model_name,
                                         error=f"hidden-object queries need model 'semabs' (model is {self.model_kind!r})")
         self.hidden_pub.publish(hidden_object_to_msg(answer, query))
         self.hidden_marker_pub.publish(hidden_object_to_markers(answer))
@@ -624,9 +600,9 @@ class PerceptionNode(Node):
         values["warnings_suppressed"] = str(sum(c[1] for c in self.warn_counts.values()))
         values.update({"tf_backend": self.tf_backend, "labels": str(len(self.config.labels)),
                        "relevancy_preset": self.values["relevancy.preset"] or "(parameters)",
-                       "model": self.model_kind, "model_name": self.model_name(),
+                       "model": self.model_kind, "model_name": self.backend.model_name,
                        "clip_model": self.clip.name if self.clip is not None else "(none)",
-                       "random_weights": str(self.random_weights()).lower()})
+                       "random_weights": str(self.backend.random_weights).lower()})
         problems = []
         if delta["skipped"]:
             problems.append(f"{delta['skipped']} frames skipped")
