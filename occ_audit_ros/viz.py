@@ -120,6 +120,18 @@ def bev_label_image(voxels: SemanticVoxels) -> np.ndarray:
     return image.reshape(nx, ny)
 
 
+def _bev_rgb(voxels: SemanticVoxels) -> tuple[np.ndarray, np.ndarray]:
+    """(nx, ny, 3) float64 colours of :func:`bev_label_image` (empty columns :data:`EMPTY_COLOR`) and the
+    (L, 3) palette used."""
+    labels_img = bev_label_image(voxels)
+    palette = label_palette(len(voxels.labels))
+    rgb = np.empty(labels_img.shape + (3,), dtype=np.float64)
+    rgb[:] = EMPTY_COLOR
+    occupied = labels_img >= 0
+    rgb[occupied] = palette[labels_img[occupied]]
+    return rgb, palette
+
+
 def _box_corners_xy(box: Any) -> np.ndarray:
     """(4, 2) x, y corners of a box's footprint in the box's frame [m]."""
     cx, cy = float(box.center[0]), float(box.center[1])
@@ -166,12 +178,7 @@ def save_bev_png(
         OSError: when the directory is not writable.
     """
     spec = voxels.spec
-    labels_img = bev_label_image(voxels)
-    palette = label_palette(len(voxels.labels))
-    rgb = np.empty(labels_img.shape + (3,), dtype=np.float64)
-    rgb[:] = EMPTY_COLOR
-    occupied = labels_img >= 0
-    rgb[occupied] = palette[labels_img[occupied]]
+    rgb, palette = _bev_rgb(voxels)
 
     fig = Figure(figsize=figsize, dpi=dpi)
     ax = fig.add_axes((0.08, 0.07, 0.62, 0.83))
@@ -341,11 +348,7 @@ def save_hidden_object_png(voxels: SemanticVoxels, answer: Any, path: str | os.P
     if answer.spec != spec:
         raise ValueError(f"answer grid {answer.spec} differs from the semantic grid {spec}")
     prob_bev = hidden_object_bev(answer)
-    labels_img = bev_label_image(voxels)
-    palette = label_palette(len(voxels.labels))
-    rgb = np.empty(labels_img.shape + (3,), dtype=np.float64)
-    rgb[:] = EMPTY_COLOR
-    rgb[labels_img >= 0] = palette[labels_img[labels_img >= 0]]
+    rgb, palette = _bev_rgb(voxels)
     panels = 3 if image is not None else 2
     fig = Figure(figsize=(5.0 * panels, 5.6), dpi=dpi)
     axes = [fig.add_axes((0.04 + i / panels, 0.1, 0.8 / panels, 0.72)) for i in range(panels)]

@@ -413,6 +413,25 @@ def _default_grid_cls() -> type:
     return SemanticVoxelGrid
 
 
+def _set_grid_geometry(msg: Any, spec: VoxelGridSpec) -> None:
+    """``voxel_size``, ``origin`` (minimum corner) and ``dimensions`` of a grid message (SemanticVoxelGrid,
+    HiddenObjectResult)."""
+    msg.voxel_size = float(spec.voxel_size)
+    msg.origin = Point(x=spec.lower[0], y=spec.lower[1], z=spec.lower[2])
+    msg.dimensions = [int(d) for d in spec.dims]
+
+
+def _random_weights_marker(header: Header, position: Point, height: float, marker_id: int = 0) -> Marker:
+    """Red ``TEXT_VIEW_FACING`` warning (``ns = "warning"``) that the output comes from random weights."""
+    m = Marker(header=header, ns="warning", id=marker_id, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
+    m.pose.position = position
+    m.pose.orientation.w = 1.0
+    m.scale.z = height
+    m.color = ColorRGBA(r=1.0, g=0.0, b=0.0, a=1.0)
+    m.text = RANDOM_WEIGHTS_BANNER
+    return m
+
+
 def semantic_voxels_to_msg(
     voxels: SemanticVoxels, msg_cls: type | None = None, stamp: Time | int | None = None
 ) -> Any:
@@ -445,9 +464,7 @@ def semantic_voxels_to_msg(
         raise ValueError(f"grid of {spec.num_voxels} voxels does not fit uint32 flat indices")
     msg = cls()
     msg.header = Header(stamp=_to_stamp(stamp, voxels.stamp_ns), frame_id=voxels.frame_id)
-    msg.voxel_size = float(spec.voxel_size)
-    msg.origin = Point(x=spec.lower[0], y=spec.lower[1], z=spec.lower[2])
-    msg.dimensions = [int(d) for d in spec.dims]
+    _set_grid_geometry(msg, spec)
     msg.labels = [str(label) for label in voxels.labels]
     # array.array from bytes: rosidl accepts it as is, without per-element Python conversion.
     msg.indices = array.array("I", indices.astype(np.uint32).tobytes())
@@ -682,14 +699,9 @@ def semantic_voxels_to_markers(
             m.text = f"{label}: {int(counts[i])}"
             markers.append(m)
     if voxels.random_weights:
-        m = Marker(header=header, ns="warning", id=0, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
         centre = (lower + upper) / 2
-        m.pose.position = Point(x=float(centre[0]), y=float(centre[1]), z=float(upper[2] + 2.0 * text_h))
-        m.pose.orientation.w = 1.0
-        m.scale.z = 2.0 * text_h
-        m.color = ColorRGBA(r=1.0, g=0.0, b=0.0, a=1.0)
-        m.text = RANDOM_WEIGHTS_BANNER
-        markers.append(m)
+        markers.append(_random_weights_marker(
+            header, Point(x=float(centre[0]), y=float(centre[1]), z=float(upper[2] + 2.0 * text_h)), 2.0 * text_h))
     return MarkerArray(markers=markers)
 
 
@@ -728,10 +740,7 @@ def hidden_object_to_msg(answer: Any, query: Any = None, msg_cls: type | None = 
 
         query = HiddenObjectQuery(target=answer.target, relation=answer.relation, reference=answer.reference)
     msg.query = query
-    spec = answer.spec
-    msg.voxel_size = float(spec.voxel_size)
-    msg.origin = Point(x=spec.lower[0], y=spec.lower[1], z=spec.lower[2])
-    msg.dimensions = [int(d) for d in spec.dims]
+    _set_grid_geometry(msg, answer.spec)
     msg.indices = array.array("I", indices.astype(np.uint32).tobytes())
     msg.probabilities = array.array("f", probs.tobytes())
     msg.model = str(answer.model)
@@ -788,11 +797,6 @@ def hidden_object_to_markers(answer: Any, color=(1.0, 0.1, 0.9)) -> MarkerArray:
     text.text = f"{answer.target} {answer.relation} {answer.reference}: max p = {probs.max():.2f}"
     markers.append(text)
     if answer.random_weights:
-        warn = Marker(header=header, ns="warning", id=1, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
-        warn.pose.position = Point(x=float(best[0]), y=float(best[1]), z=float(best[2] + 6 * s))
-        warn.pose.orientation.w = 1.0
-        warn.scale.z = max(0.1, 2 * s)
-        warn.color = ColorRGBA(r=1.0, g=0.0, b=0.0, a=1.0)
-        warn.text = RANDOM_WEIGHTS_BANNER
-        markers.append(warn)
+        markers.append(_random_weights_marker(
+            header, Point(x=float(best[0]), y=float(best[1]), z=float(best[2] + 6 * s)), max(0.1, 2 * s), 1))
     return MarkerArray(markers=markers)
