@@ -231,14 +231,13 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
     max_wall = float(o["max_wall_s"]) if o.get("max_wall_s") else None  # seconds of training (not loading)
     stopped_early = False
     while step < o["steps"]:
-        if (max_wall and time.monotonic() - t_start > max_wall) or (o.get("stop_step") and step >= int(o["stop_step"])):
-            flag = torch.tensor([1.0], device=device)
-        else:
-            flag = torch.tensor([0.0], device=device)
-        if world > 1:
+        stop = bool((max_wall and time.monotonic() - t_start > max_wall)
+                    or (o.get("stop_step") and step >= int(o["stop_step"])))
+        if world > 1:  # any rank's stop stops all
+            flag = torch.tensor([float(stop)], device=device)
             dist.all_reduce(flag)
-        if flag.item() > 0:  # wall budget spent or optim.stop_step reached (schedule of optim.steps kept); all ranks stop
-
+            stop = flag.item() > 0
+        if stop:  # wall budget spent or optim.stop_step reached (schedule of optim.steps kept); all ranks stop
             stopped_early = True
             break
         for g in opt.param_groups:
