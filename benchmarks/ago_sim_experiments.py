@@ -222,6 +222,7 @@ def evaluate_runs(args, info: dict) -> dict:
         linear = getattr(model.head, "linear", None) is not None
         banks = {q: encode_vocabulary(pred.text, query_vocabulary(ccfg, q)) for q in QUERIES}
         idents = ["entropy", "confidence", "none"] if model.head.adapter is not None else ["none"]
+        to_occ3d = _linear_to_occ3d(pred.bank.names, ccfg, counts) if linear else None
         confs = {}
         with torch.no_grad():
             for s in val:
@@ -231,7 +232,7 @@ def evaluate_runs(args, info: dict) -> dict:
                 gt, mask = s.semantics.cpu().numpy(), s.mask_camera.cpu().numpy()
                 if linear:
                     lab = model.head(flat)["logits"].argmax(-1).cpu().numpy()
-                    lab = _linear_to_occ3d(pred.bank.names, ccfg, counts)[lab]
+                    lab = to_occ3d[lab]
                     confs.setdefault("linear/none", OccConfusion()).update(lab.reshape(gt.shape), gt, mask)
                     continue
                 for q, bank in banks.items():
