@@ -133,8 +133,9 @@ class SceneSet:
         return self._cache[i]
 
 
-def make_batch(task: str, tcfg: dict, scenes: list[dict], rng: np.random.Generator) -> dict:
-    """One batch for the task (see :mod:`occ_audit_ros.semabs.batching`), augmented per ``train.augment``."""
+def make_batch(task: str, tcfg: dict, scenes: list[dict], rng: np.random.Generator, workspace=None) -> dict:
+    """One batch for the task (see :mod:`occ_audit_ros.semabs.batching`), augmented per ``train.augment``
+    within ``workspace`` (default: :class:`SemAbsConfig`'s)."""
     if task == "ovssc":
         batch = ovssc_batch(scenes, rng, tcfg["num_input_points"], tcfg["labels_per_scene"], tcfg["num_queries"])
     else:
@@ -142,7 +143,8 @@ def make_batch(task: str, tcfg: dict, scenes: list[dict], rng: np.random.Generat
     aug = tcfg.get("augment") or {}
     if any(float(aug.get(k, 0.0)) for k in ("rotation", "translation", "scale")):
         augment_batch(batch, rng, float(aug.get("rotation", 0.0)), float(aug.get("translation", 0.0)),
-                      float(aug.get("scale", 0.0)), SemAbsConfig.from_dict(tcfg.get("_model", {})).workspace)
+                      float(aug.get("scale", 0.0)),
+                      workspace if workspace is not None else SemAbsConfig.from_dict({}).workspace)
     return batch
 
 
@@ -324,7 +326,7 @@ def train(cfg: dict, progress: bool = True) -> dict:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         own_group = True
     rank, world = _dist_info()
-    tcfg = dict(cfg["train"], _model=cfg["model"])
+    tcfg = cfg["train"]
     if tcfg.get("threads"):
         torch.set_num_threads(int(tcfg["threads"]))
     task = cfg["task"]
@@ -370,7 +372,7 @@ def train(cfg: dict, progress: bool = True) -> dict:
                 g["lr"] = base_lr * (step + 1) / warmup
         rng = np.random.default_rng([cfg["seed"], step, rank])
         idx = rng.choice(len(scenes), int(tcfg["batch_size"]), replace=len(scenes) < int(tcfg["batch_size"]))
-        batch = make_batch(task, tcfg, [scenes[int(i)] for i in idx], rng)
+        batch = make_batch(task, tcfg, [scenes[int(i)] for i in idx], rng, mcfg.workspace)
         loss = forward_loss(ddp, task, batch, tcfg.get("amp"))
         opt.zero_grad(set_to_none=True)
         loss.backward()
