@@ -86,7 +86,7 @@ def prepare(args) -> int:
     from occ_audit_ros.ago.prompts import NoiseSampler, dictionary_words, encode_vocabulary
     from occ_audit_ros.ago.text import build_text_encoder
     from occ_audit_ros.nuscenes_io import load_keyframe
-    from occ_audit_ros.visa.ago_hook import load_visa_config, simulate_split_audits
+    from occ_audit_ros.visa.ago_hook import _FIELDS, load_visa_config, simulate_split_audits
     from occ_audit_ros.visa.integration import tables_targets
     from occ_audit_ros.visa.tables import open_tables
     from occ_audit_ros.visa.taxonomy import K_OBJ
@@ -153,11 +153,12 @@ def prepare(args) -> int:
     settings.update({f"acc{round(a * 100)}": float(a) for a in args.accuracies})
     tensors, sets = {}, {}
     tabs = {root: open_tables(root, "v1.0-test") for root in train_kf}
+    g, w = vcfg["grounding"], vcfg["weights"]
     for name, acc in settings.items():
         for seed in args.seeds:
             aud_cfg = json.loads(json.dumps(vcfg["auditor"]))
             aud_cfg["simulated"].update(accuracy=acc, seed=int(seed))
-            audits, n_agree, n_rej = {}, 0, 0
+            audits, n_rej = {}, 0
             for root, nusc in tabs.items():
                 a, rej = simulate_split_audits(nusc, aud_cfg)
                 audits.update(a)
@@ -167,7 +168,6 @@ def prepare(args) -> int:
                 key = f"{name}|{seed}|{int(rel)}"
                 rows, wsum = 0, 0.0
                 for root, nusc in tabs.items():
-                    g, w = vcfg["grounding"], vcfg["weights"]
                     tg, st = tables_targets(nusc, train_kf[root], audits, spec, g["margin_m"], g["min_voxels"],
                                             w["tau_q"], w["tau_r"], w["agreement_downweight"],
                                             g["full_weight_voxels"], reliability=rel)
@@ -177,8 +177,7 @@ def prepare(args) -> int:
                             assert torch.equal(tensors[vk], t.voxel_index.to(torch.int32)), "rows differ between sets"
                         else:
                             tensors[vk] = t.voxel_index.to(torch.int32)
-                        for f in ("gt", "hypothesis", "pi", "confusion_set", "attributes", "attribute_mask",
-                                  "weight", "frame"):
+                        for f in _FIELDS[1:]:  # every field but voxel_index (shared above)
                             v = getattr(t, f)
                             tensors[f"{key}::{tok}::{f}"] = v.to(torch.uint8) if v.dtype == torch.bool else v
                         rows += len(t.gt)
@@ -233,6 +232,7 @@ def _load_cache(cache: Path, device):
 
 
 def _targets_for(tensors: dict, key: str, tokens):
+    from occ_audit_ros.visa.ago_hook import _FIELDS
     from occ_audit_ros.visa.losses import AuditTargets
 
     out = {}
@@ -240,8 +240,7 @@ def _targets_for(tensors: dict, key: str, tokens):
         vk = f"vox::{tok}"
         if vk not in tensors:
             continue
-        f = {n: tensors[f"{key}::{tok}::{n}"] for n in ("gt", "hypothesis", "pi", "confusion_set", "attributes",
-                                                          "attribute_mask", "weight", "frame")}
+        f = {n: tensors[f"{key}::{tok}::{n}"] for n in _FIELDS[1:]}
         f["confusion_set"] = f["confusion_set"].bool()
         out[tok] = AuditTargets(voxel_index=tensors[vk].long(), **f)
     return out
