@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from occ_audit_ros.semabs.baselines import relevancy_cloud_scores, shifted_reference_scores  # noqa: E402
+from occ_audit_ros.semabs.batching import num_queried_labels  # noqa: E402
 from occ_audit_ros.semabs.checkpoint import load_checkpoint  # noqa: E402
 from occ_audit_ros.semabs.metrics import REFERENCE_CUTOFFS, choose_cutoff, iou_table  # noqa: E402
 from training.train_semabs import SceneSet, load_config, predict_items  # noqa: E402
@@ -40,7 +41,7 @@ def baseline_items(task: str, scene: dict, shift: float) -> list[tuple]:
     q = scene["queries"][v]
     items = []
     if task == "ovssc":
-        n = int(scene.get("num_relevancy_labels", len(scene["labels"])))
+        n = num_queried_labels(scene)
         for k, lab in enumerate(scene["labels"][:n]):
             items.append((lab, q, relevancy_cloud_scores(scene["xyz"], scene["relevancy"][k], q, ws),
                           scene["occupancy"][k][v]))

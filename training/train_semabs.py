@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from occ_audit_ros.config_overrides import apply_overrides  # noqa: E402
-from occ_audit_ros.semabs.batching import ovssc_batch, vool_batch  # noqa: E402
+from occ_audit_ros.semabs.batching import num_queried_labels, ovssc_batch, vool_batch  # noqa: E402
 from occ_audit_ros.semabs.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from occ_audit_ros.semabs.metrics import REFERENCE_CUTOFFS, choose_cutoff, iou_table  # noqa: E402
 from occ_audit_ros.semabs.model import RELATIONS, SemAbsConfig  # noqa: E402
@@ -235,7 +235,7 @@ def predict_items(model: torch.nn.Module, task: str, scene: dict, num_points: in
     x = torch.from_numpy(xyz)[None].to(dev)
     items = []
     if task == "ovssc":
-        n = int(scene.get("num_relevancy_labels", len(scene["labels"])))
+        n = num_queried_labels(scene)
         logits = model(x, torch.from_numpy(rel[:n])[None].to(dev), q)[0].float().cpu()
         for k, lab in enumerate(scene["labels"][:n]):
             items.append((lab, scene["queries"][valid], logits[k].numpy(), scene["occupancy"][k][valid]))

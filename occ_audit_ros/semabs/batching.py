@@ -16,7 +16,13 @@ import torch
 from .model import RELATIONS
 from .pointcloud import sample_points
 
-__all__ = ["ovssc_batch", "vool_batch"]
+__all__ = ["num_queried_labels", "ovssc_batch", "vool_batch"]
+
+
+def num_queried_labels(sample: dict) -> int:
+    """Size of a sample's OVSSC label set: its first ``num_relevancy_labels`` labels (all labels when the key
+    is absent; hidden VOOL targets appended after them are not queried labels)."""
+    return int(sample.get("num_relevancy_labels", len(sample["labels"])))
 
 
 def _queries(valid: np.ndarray, occ: np.ndarray, m: int, rng, balanced: bool) -> np.ndarray:
@@ -44,7 +50,7 @@ def ovssc_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: i
     """
     xs, rs, qs, ts, ms = [], [], [], [], []
     for s in samples:
-        L = int(s.get("num_relevancy_labels", len(s["labels"])))
+        L = num_queried_labels(s)
         chosen = rng.choice(L, min(L, labels_per_scene), replace=False)
         xyz, rel = sample_points(s["xyz"], s["relevancy"][chosen], num_points, rng)
         r = np.zeros((labels_per_scene, num_points), np.float32)

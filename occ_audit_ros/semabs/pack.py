@@ -38,6 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .batching import num_queried_labels
 from .pointcloud import Workspace, lattice_points
 
 __all__ = ["PACK_VERSION", "write_pack", "read_pack", "pack_folders"]
@@ -117,7 +118,7 @@ def write_pack(samples: Sequence[dict], path, workspace: Workspace, lattice_grid
         cols["vool"].append(np.packbits(vool, axis=1).reshape(-1))
         views.append({"labels": list(s["labels"]), "descriptions": [list(d) for d in s["descriptions"]],
                       "points": int(len(keep)), "random": int(len(rv)), "queries": int(len(sel)),
-                      "num_relevancy_labels": int(s.get("num_relevancy_labels", len(s["labels"]))),
+                      "num_relevancy_labels": num_queried_labels(s),
                       "split": s.get("split", ""), "T_ws_cam": np.asarray(s["T_ws_cam"], float).tolist()})
     meta = {"version": PACK_VERSION, "lower": list(workspace.lower), "upper": list(workspace.upper),
             "lattice_grid": int(lattice_grid), "views": views, "seed": int(seed)}
