@@ -382,16 +382,20 @@ def _plots(rows, seeds, ccfg, img: Path) -> None:
         xs = np.array([rows[(v, key, s)][f] for s in seeds if (v, key, s) in rows], float)
         return (np.nanmean(xs), np.nanstd(xs, ddof=1) if len(xs) > 1 else 0.0) if len(xs) else (np.nan, 0.0)
 
+    def bars(ax, models, fields, width, capsize):  # grouped bars, mean +- std over seeds, per field
+        w = width / len(models)
+        for i, (v, key, lab) in enumerate(models):
+            ms = [stat(v, key, f) for f, _ in fields]
+            ax.bar(np.arange(len(fields)) + i * w, [m for m, _ in ms], w, yerr=[s for _, s in ms], capsize=capsize,
+                   label=lab)
+        ax.set_xticks(np.arange(len(fields)) + w * (len(models) - 1) / 2, [n for _, n in fields])
+
     # closed world
     fig, ax = plt.subplots(figsize=(8, 3.6))
     models = [("closed_linear", "linear/none", "linear head"), ("closed_ground", "phrases/none", "grounding"),
               ("closed_ago", "phrases/entropy", "grounding + adapter\n+ identifier")]
     fields = [("miou", "mIoU (17)"), ("object", "object mIoU"), ("rare", "rare mIoU"), ("geo", "geometric IoU")]
-    w = 0.8 / len(models)
-    for i, (v, key, lab) in enumerate(models):
-        ms = [stat(v, key, f) for f, _ in fields]
-        ax.bar(np.arange(len(fields)) + i * w, [m for m, _ in ms], w, yerr=[s for _, s in ms], capsize=3, label=lab)
-    ax.set_xticks(np.arange(len(fields)) + w * (len(models) - 1) / 2, [n for _, n in fields])
+    bars(ax, models, fields, 0.8, 3)
     ax.set_ylabel("IoU (%)")
     ax.set_title(f"AGO closed world, driving simulator val (mean ± std, {len(seeds)} seeds)")
     ax.legend(fontsize=8)
@@ -404,11 +408,7 @@ def _plots(rows, seeds, ccfg, img: Path) -> None:
     models += [("ow_ground", f"{q}/none", f"grounding, {q}") for q in QUERIES]
     models += [("ow_ago", f"{q}/{i}", f"+adapter, {q}, {i}") for q in ("phrases", "names") for i in ("none", "entropy")]
     fields = [("zs_known", "ZS known"), ("zs_unknown", "ZS unknown"), ("zs_all", "ZS all"), ("pt_unknown", "held-out (PT)")]
-    w = 0.85 / len(models)
-    for i, (v, key, lab) in enumerate(models):
-        ms = [stat(v, key, f) for f, _ in fields]
-        ax.bar(np.arange(len(fields)) + i * w, [m for m, _ in ms], w, yerr=[s for _, s in ms], capsize=2, label=lab)
-    ax.set_xticks(np.arange(len(fields)) + w * (len(models) - 1) / 2, [n for _, n in fields])
+    bars(ax, models, fields, 0.85, 2)
     ax.set_ylabel("mIoU (%)")
     ax.set_title(f"AGO open world, driving simulator val (mean ± std, {len(seeds)} seeds)")
     ax.legend(fontsize=7, ncol=2)
