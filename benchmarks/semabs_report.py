@@ -116,10 +116,12 @@ def card_metrics(res: dict, seed_index: int, seeds: list[int]) -> dict:
         m["iou_percent"][s] = {"this_seed": round(own[s]["mean"] * 100, 2), "seeds_mean": round(mean, 2),
                                "seeds_std": round(sd, 2), "baseline": round(b, 2)}
     if set(res["baseline"]["val"]["per_name"]) <= set(RELATIONS):
-        m["per_relation_novel_scene"] = {
-            r: {"this_seed": round(own["novel_scene"]["per_name"].get(r, float("nan")) * 100, 2),
-                "seeds_mean": round(split_stats(res, "novel_scene", r)[0], 2),
-                "baseline": round(split_stats(res, "novel_scene", r)[2], 2)} for r in RELATIONS}
+        m["per_relation_novel_scene"] = {}
+        for r in RELATIONS:
+            mean, _, b = split_stats(res, "novel_scene", r)
+            m["per_relation_novel_scene"][r] = {
+                "this_seed": round(own["novel_scene"]["per_name"].get(r, float("nan")) * 100, 2),
+                "seeds_mean": round(mean, 2), "baseline": round(b, 2)}
     return m
 
 
