@@ -86,8 +86,7 @@ def prepare(args) -> int:
     from occ_audit_ros.ago.prompts import NoiseSampler, dictionary_words, encode_vocabulary
     from occ_audit_ros.ago.text import build_text_encoder
     from occ_audit_ros.nuscenes_io import load_keyframe
-    from occ_audit_ros.visa.ago_hook import _FIELDS, load_visa_config, simulate_split_audits
-    from occ_audit_ros.visa.integration import tables_targets
+    from occ_audit_ros.visa.ago_hook import _FIELDS, load_visa_config, simulate_split_audits, split_targets
     from occ_audit_ros.visa.tables import open_tables
     from occ_audit_ros.visa.taxonomy import K_OBJ
     from occ_audit_ros.voxel_grid import VoxelGridSpec
@@ -153,7 +152,6 @@ def prepare(args) -> int:
     settings.update({f"acc{round(a * 100)}": float(a) for a in args.accuracies})
     tensors, sets = {}, {}
     tabs = {root: open_tables(root, "v1.0-test") for root in train_kf}
-    g, w = vcfg["grounding"], vcfg["weights"]
     for name, acc in settings.items():
         for seed in args.seeds:
             aud_cfg = json.loads(json.dumps(vcfg["auditor"]))
@@ -167,10 +165,9 @@ def prepare(args) -> int:
             for rel in (True, False):
                 key = f"{name}|{seed}|{int(rel)}"
                 rows, wsum = 0, 0.0
+                vrel = dict(vcfg, weights=dict(vcfg["weights"], reliability=rel))
                 for root, nusc in tabs.items():
-                    tg, st = tables_targets(nusc, train_kf[root], audits, spec, g["margin_m"], g["min_voxels"],
-                                            w["tau_q"], w["tau_r"], w["agreement_downweight"],
-                                            g["full_weight_voxels"], reliability=rel)
+                    tg, _ = split_targets(vrel, {}, spec, audits=audits, keyframes=train_kf[root], nusc=nusc)
                     for tok, t in tg.items():
                         vk = f"vox::{tok}"
                         if vk in tensors:
