@@ -178,14 +178,15 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
     out.mkdir(parents=True, exist_ok=True)
     align_enc = align_target = None
     acfg = cfg.get("align", {}) or {}
-    if acfg.get("enabled") and acfg.get("source", "clip") == "oracle":
+    source = acfg.get("source", "clip")
+    if acfg.get("enabled") and source == "oracle":
         from occ_audit_ros.ago.oracle_vlm import OracleVoxelVLM
 
         align_target = OracleVoxelVLM(text, ccfg.phrases, acfg.get("noise", 1.0), acfg.get("confusion", 0.2),
                                       seed=cfg.get("seed", 0) * 1000 + 17 + rank)
     elif acfg.get("enabled"):
-        if acfg.get("source", "clip") != "clip":
-            raise ValueError(f"align.source must be 'clip' or 'oracle', got {acfg.get('source')!r}")
+        if source != "clip":
+            raise ValueError(f"align.source must be 'clip' or 'oracle', got {source!r}")
         if clip is None or cfg.get("text_encoder") != "clip":
             raise ValueError("align.enabled needs clip_model and text_encoder: clip (image and text in one space)")
         align_enc = ClipPatchEncoder(clip).to(device)
