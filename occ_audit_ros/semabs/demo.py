@@ -35,6 +35,8 @@ from .model import SemAbsConfig, SemAbsOVSSC, SemAbsVOOL
 from .pointcloud import relevancy_point_cloud
 
 ARKIT_PKL = "data/semantic-abstraction-arkit-vn-poster/arkit_vn_poster.pkl"
+RANDOM_NETS_BANNER = "RANDOM WEIGHTS (CLIP and SemAbs 3D networks): data-path check only, not results"
+RANDOM_CLIP_BANNER = "RANDOM CLIP WEIGHTS (3D nets trained on SIMULATED relevancy): data-path check only, not results"
 
 
 def load_arkit_scene(path: str | Path | None = None) -> dict:
@@ -117,7 +119,7 @@ def save_figure(scene: dict, out: dict, path, random_weights: bool, banner: str 
                for i, l in enumerate(labels)]
     fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=8)
     if random_weights:
-        fig.text(0.5, 0.995, banner or "RANDOM WEIGHTS (CLIP and SemAbs 3D networks): data-path check only, not results",
+        fig.text(0.5, 0.995, banner or RANDOM_NETS_BANNER,
                  ha="center", va="top", fontsize=14, fontweight="bold", color="white",
                  bbox=dict(facecolor="red", edgecolor="red"))
     fig.subplots_adjust(top=0.92, bottom=0.1)
@@ -163,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     out = run(scene, predictor)
     dt = time.time() - t0
-    banner = ("RANDOM WEIGHTS (CLIP and SemAbs 3D networks): data-path check only, not results" if random_nets else
-              "RANDOM CLIP WEIGHTS (3D nets trained on SIMULATED relevancy): data-path check only, not results")
+    banner = RANDOM_NETS_BANNER if random_nets else RANDOM_CLIP_BANNER
     path = save_figure(scene, out, args.out, clip.random_weights or random_nets, banner)
     xyz, _ = out["cloud"]
     print(f"wrote {path}")

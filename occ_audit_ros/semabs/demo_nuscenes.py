@@ -102,6 +102,7 @@ def save_figure(out: dict, cfg: dict, path) -> Path:
     from matplotlib.patches import Patch, Polygon
 
     from ..viz import _save_figure_atomically, label_palette
+    from .demo import RANDOM_CLIP_BANNER
 
     labels = out["labels"]
     pal = label_palette(len(labels))
@@ -160,8 +161,7 @@ def save_figure(out: dict, cfg: dict, path) -> Path:
     fig.legend(handles=[Patch(color=pal[i], label=l) for i, l in enumerate(labels)], loc="lower center",
                ncol=len(labels), fontsize=8)
     if out["random_clip"]:
-        fig.text(0.5, 0.995, "RANDOM CLIP WEIGHTS (3D nets trained on SIMULATED relevancy): data-path check only, "
-                 "not results", ha="center", va="top", fontsize=13, fontweight="bold", color="white",
+        fig.text(0.5, 0.995, RANDOM_CLIP_BANNER, ha="center", va="top", fontsize=13, fontweight="bold", color="white",
                  bbox=dict(facecolor="red", edgecolor="red"))
     fig.subplots_adjust(top=0.94, bottom=0.08, hspace=0.4, wspace=0.3)
     return _save_figure_atomically(fig, path, 80)
