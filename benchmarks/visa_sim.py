@@ -208,6 +208,18 @@ class OfflineTextEncoder:
         raise RuntimeError(f"text-cache miss for {list(texts)[:3]}...: rerun `prepare` (MiniLM is not loaded here)")
 
 
+def _cached_sample(data, meta: dict, tok: str, device="cpu"):
+    """Sample ``tok`` of the cache's ``data.npz`` as an :class:`AgoSample` on ``device`` (no geometry;
+    images decoded to [0, 1] there)."""
+    from occ_audit_ros.ago.data import AgoSample
+
+    cams = [(np.asarray(K), np.asarray(T), w, h) for K, T, w, h in meta["cams"][tok]]
+    return AgoSample(tok, torch.from_numpy(data[f"{tok}/images"]).to(device).float() / 255.0,
+                     torch.from_numpy(data[f"{tok}/depth"]).to(device), None,
+                     torch.from_numpy(data[f"{tok}/semantics"].astype(np.int64)).to(device),
+                     torch.from_numpy(data[f"{tok}/mask_camera"]).to(device), cams)
+
+
 def _load_cache(cache: Path, device):
     from occ_audit_ros.ago.network import lift_geometry
     from occ_audit_ros.ago.occ_gt import OCC3D_SPEC
@@ -219,12 +231,9 @@ def _load_cache(cache: Path, device):
     data = np.load(cache / "data.npz")
     samples = {}
     for tok in meta["train"] + meta["val"]:
-        cams = [(np.asarray(K), np.asarray(T), w, h) for K, T, w, h in meta["cams"][tok]]
-        samples[tok] = {"images": torch.from_numpy(data[f"{tok}/images"]).to(device).float() / 255.0,
-                        "depth": torch.from_numpy(data[f"{tok}/depth"]).to(device),
-                        "geom": lift_geometry(spec, cams).to(device),
-                        "semantics": torch.from_numpy(data[f"{tok}/semantics"].astype(np.int64)).to(device),
-                        "mask_camera": torch.from_numpy(data[f"{tok}/mask_camera"]).to(device)}
+        s = _cached_sample(data, meta, tok, device)
+        samples[tok] = {"images": s.images, "depth": s.depth, "geom": lift_geometry(spec, s.cams).to(device),
+                        "semantics": s.semantics, "mask_camera": s.mask_camera}
     return meta, cfg, samples
 
 
@@ -324,7 +333,7 @@ def trainer_files(cache: Path, work: Path) -> dict:
     targets file (``ago_hook.save_targets``) per audit set ``<setting>|<seed>|<weighted>``."""
     from safetensors.torch import load_file
 
-    from occ_audit_ros.ago.data import AgoSample, save_samples_file
+    from occ_audit_ros.ago.data import save_samples_file
     from occ_audit_ros.visa.ago_hook import save_targets
 
     work.mkdir(parents=True, exist_ok=True)
@@ -332,13 +341,7 @@ def trainer_files(cache: Path, work: Path) -> dict:
     data = np.load(cache / "data.npz")
     files = {}
     for split in ("train", "val"):
-        samples = []
-        for tok in meta[split]:
-            cams = [(np.asarray(K), np.asarray(T), w, h) for K, T, w, h in meta["cams"][tok]]
-            samples.append(AgoSample(tok, torch.from_numpy(data[f"{tok}/images"]).float() / 255.0,
-                                     torch.from_numpy(data[f"{tok}/depth"]), None,
-                                     torch.from_numpy(data[f"{tok}/semantics"].astype(np.int64)),
-                                     torch.from_numpy(data[f"{tok}/mask_camera"]), cams))
+        samples = [_cached_sample(data, meta, tok) for tok in meta[split]]
         files[split] = str(save_samples_file(work / f"samples_{split}.safetensors", samples))
     words = json.loads((cache / "words.json").read_text())
     (work / "dictionary.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
