@@ -25,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from occ_audit_ros.devices import resolve_device  # noqa: E402
 from occ_audit_ros.semabs.baselines import relevancy_cloud_scores, shifted_reference_scores  # noqa: E402
 from occ_audit_ros.semabs.batching import num_queried_labels  # noqa: E402
 from occ_audit_ros.semabs.checkpoint import load_checkpoint  # noqa: E402
@@ -83,10 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key.sub=value")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.set)
-    import torch
-
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = resolve_device(args.device)
     splits = ["val"] + list(cfg["eval"].get("test_splits", []))
     sets = {s: SceneSet(cfg, s) for s in splits}
     cutoffs = np.round(np.arange(-10.0, 6.01, 0.25), 6) if args.wide else REFERENCE_CUTOFFS

@@ -110,3 +110,32 @@ def test_arkit_inference_path_random_weights(arkit, tiny_clip):
     assert vo.logits.shape == (512,) and np.all(np.abs(vo.logits) <= 1 / 0.07 + 1e-4)
     with pytest.raises(ValueError):
         pred.vool(arkit["rgb"], arkit["depth"], arkit["cam_intr"], arkit["cam_extr"], target, "under", reference)
+
+
+def test_precomputed_relevancy_maps_equal_a_fresh_clip_pass(arkit, tiny_clip):
+    """Maps computed once for the label set give the same OVSSC and VOOL logits as the predictor's own
+    CLIP pass (rows reordered to the call's label order); another label set is refused."""
+    from occ_audit_ros.relevancy import RelevancyConfig, RelevancyExtractor
+    from occ_audit_ros.semabs.inference import SemAbsPredictor
+    from occ_audit_ros.semabs.model import SemAbsConfig, SemAbsOVSSC, SemAbsVOOL
+
+    torch.manual_seed(0)
+    cfg = SemAbsConfig(grid=16, unet_levels=3, unet_f_maps=8, point_hidden=32)
+    ext = RelevancyExtractor(tiny_clip, RelevancyConfig(prompt_template="a photograph of a {} in a home."))
+    pred = SemAbsPredictor(ext, SemAbsOVSSC(cfg), SemAbsVOOL(cfg), num_points=3000, random_weights=True)
+    view = (arkit["rgb"], arkit["depth"], arkit["cam_intr"], arkit["cam_extr"])
+    labels = list(arkit["ovssc_obj_classes"])[:4]
+    maps = ext(arkit["rgb"], labels)
+    fresh = pred.ovssc(*view, labels, grid=8)
+    given = pred.ovssc(*view, labels, grid=8, relevancy_maps=maps)
+    np.testing.assert_array_equal(given.logits, fresh.logits)
+    target, reference = labels[2], labels[0]        # rows 2 and 0 move to the front in vool's label order
+    fresh_v = pred.vool(*view, target, "on", reference, context_labels=labels, grid=8)
+    given_v = pred.vool(*view, target, "on", reference, context_labels=labels, grid=8, relevancy_maps=maps,
+                        map_labels=labels)
+    np.testing.assert_allclose(given_v.logits, fresh_v.logits, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="label set"):
+        pred.vool(*view, "teddy bear", "on", reference, context_labels=labels, grid=8, relevancy_maps=maps,
+                  map_labels=labels)
+    with pytest.raises(ValueError, match=r"\(L, h, w\)"):
+        pred.ovssc(*view, labels, grid=8, relevancy_maps=maps[:2])

@@ -57,3 +57,56 @@ def test_cli_rejects_bad_config(tmp_path):
     assert proc.returncode == 2 and "task must be" in proc.stderr
     with pytest.raises(ValueError):
         load_config(None, ["no_equals_sign"])
+
+
+def test_init_weights_fine_tunes_from_a_checkpoint(tmp_path):
+    """``train.init_weights``: step 1 of a fine-tune starts from the given weights (its first loss equals the
+    loss the source network has on that batch, i.e. the loss of a run resumed at that point); a network of
+    another configuration is refused."""
+    base = TINY + ["task=ovssc"]
+    src = load_config(str(ROOT / "config/semabs_cpu.yaml"), base + [f"out_dir={tmp_path / 'src'}", "train.max_steps=2"])
+    train(src, progress=False)
+    ft = load_config(str(ROOT / "config/semabs_cpu.yaml"),
+                     base + [f"out_dir={tmp_path / 'ft'}", "train.max_steps=1", "train.warmup_steps=0",
+                             f"train.init_weights={tmp_path / 'src/last.safetensors'}"])
+    fresh = load_config(str(ROOT / "config/semabs_cpu.yaml"),
+                        base + [f"out_dir={tmp_path / 'fresh'}", "train.max_steps=1", "train.warmup_steps=0"])
+    s_ft, s_fresh = train(ft, progress=False), train(fresh, progress=False)
+    # same seed, same batch: only the starting weights differ
+    import copy
+    from occ_audit_ros.semabs.checkpoint import load_checkpoint
+    from training.train_semabs import SceneSet, forward_loss, make_batch
+    import numpy as np
+    model, _, mcfg, _, _ = load_checkpoint(tmp_path / "src/last.safetensors")
+    model.train()
+    scenes = SceneSet(ft, "train")
+    rng = np.random.default_rng([ft["seed"], 0, 0])
+    idx = rng.choice(len(scenes), 1, replace=len(scenes) < 1)
+    batch = make_batch("ovssc", ft["train"], [scenes[int(i)] for i in idx], rng, mcfg.workspace)
+    expected = forward_loss(model, "ovssc", batch).item()
+    assert s_ft["losses"][0] == pytest.approx(expected, rel=1e-5)
+    assert s_fresh["losses"][0] != pytest.approx(expected, rel=1e-3)
+    bad = copy.deepcopy(ft)
+    bad["out_dir"] = str(tmp_path / "bad")
+    bad["model"]["unet_f_maps"] = 16
+    with pytest.raises(ValueError, match="init_weights"):
+        train(bad, progress=False)
+
+
+def test_ovssc_positive_fraction_sampling():
+    """``ovssc_positive_fraction`` f: each query is occupied with probability >= f (f of them drawn from the
+    label's occupied ones, the rest uniformly); f = 0 is the paper's uniform sampling, unchanged."""
+    import numpy as np
+    from occ_audit_ros.semabs.batching import ovssc_batch
+    from occ_audit_ros.semabs.toy import toy_scene
+
+    scenes = [toy_scene(np.random.default_rng(i), num_queries=4000) for i in range(3)]
+    uni = ovssc_batch(scenes, np.random.default_rng(0), 300, 2, 4000)
+    again = ovssc_batch(scenes, np.random.default_rng(0), 300, 2, 4000, positive_fraction=0.0)
+    assert all(torch.equal(uni[k], again[k]) for k in uni)
+    prior = uni["target"].mean().item()
+    mixed = ovssc_batch(scenes, np.random.default_rng(0), 300, 2, 4000, positive_fraction=0.3)
+    frac = mixed["target"].mean().item()
+    assert 0.3 + 0.7 * prior - 0.03 < frac < 0.3 + 0.7 * prior + 0.03
+    bal = ovssc_batch(scenes, np.random.default_rng(0), 300, 2, 4000, balanced=True)
+    assert bal["target"].mean().item() == pytest.approx(0.5, abs=0.03)

@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from occ_audit_ros.config_overrides import apply_overrides  # noqa: E402
+from occ_audit_ros.devices import resolve_device  # noqa: E402
 from occ_audit_ros.ago.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from occ_audit_ros.ago.classes import load_class_config  # noqa: E402
 from occ_audit_ros.ago.data import collate, load_samples, load_samples_file, training_vocabulary  # noqa: E402
@@ -124,26 +125,6 @@ def extra_losses_from_config(cfg: dict) -> list:
         raise ValueError(f"visa.enabled is true but occ_audit_ros.visa.ago_hook.build_extra_losses "
                          f"cannot be imported ({err}); set visa.enabled=false or install the VISA hook") from err
     return list(build_extra_losses(v, cfg))
-
-
-def resolve_device(name: str | None = "auto") -> torch.device:
-    """``auto`` (default): ``cuda`` (this rank's ``LOCAL_RANK`` GPU) when available, else ``cpu``;
-    otherwise the named device.
-
-    Raises:
-        ValueError: ``cuda`` requested but unavailable.
-    """
-    name = name or "auto"
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device cuda requested but torch.cuda.is_available() is False")
-        if dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(dev)
-    return dev
 
 
 def sample_to(s, device):

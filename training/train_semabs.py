@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from occ_audit_ros.config_overrides import apply_overrides  # noqa: E402
+from occ_audit_ros.devices import resolve_device  # noqa: E402
 from occ_audit_ros.semabs.batching import num_queried_labels, ovssc_batch, vool_batch  # noqa: E402
 from occ_audit_ros.semabs.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from occ_audit_ros.semabs.metrics import REFERENCE_CUTOFFS, choose_cutoff, iou_table  # noqa: E402
@@ -137,7 +138,9 @@ def make_batch(task: str, tcfg: dict, scenes: list[dict], rng: np.random.Generat
     """One batch for the task (see :mod:`occ_audit_ros.semabs.batching`), augmented per ``train.augment``
     within ``workspace`` (default: :class:`SemAbsConfig`'s)."""
     if task == "ovssc":
-        batch = ovssc_batch(scenes, rng, tcfg["num_input_points"], tcfg["labels_per_scene"], tcfg["num_queries"])
+        batch = ovssc_batch(scenes, rng, tcfg["num_input_points"], tcfg["labels_per_scene"], tcfg["num_queries"],
+                            balanced=bool(tcfg.get("ovssc_balanced", False)),
+                            positive_fraction=float(tcfg.get("ovssc_positive_fraction", 0.0)))
     else:
         batch = vool_batch(scenes, rng, tcfg["num_input_points"], tcfg["descs_per_scene"], tcfg["num_queries"])
     aug = tcfg.get("augment") or {}
@@ -280,26 +283,6 @@ def evaluate(model: torch.nn.Module, task: str, cfg: dict, scenes, cutoff: float
     return {"cutoff": best, "mean_iou": mean, "per_name": per, "items": len(names)}
 
 
-def resolve_device(name: str, rank: int = 0) -> torch.device:
-    """``train.device``: "cpu", "cuda" (rank's GPU when several) or "auto" (CUDA when available).
-
-    On CUDA, TF32 matmuls/convolutions are enabled.
-
-    Raises:
-        ValueError: for another name, or "cuda" without a CUDA device.
-    """
-    if name not in ("cpu", "cuda", "auto"):
-        raise ValueError(f"train.device must be cpu, cuda or auto, got {name!r}")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("train.device=cuda but no CUDA device is available")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
-    return torch.device("cuda", rank % torch.cuda.device_count())
-
-
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -318,7 +301,14 @@ def train(cfg: dict, progress: bool = True) -> dict:
     process), the warm-up steps are timed (the second half of them) and ``max_steps`` is set so that the run
     fits the budget; the cosine then runs one cycle over the remaining steps. The chosen ``max_steps`` is
     stored in the checkpoint's ``train_state`` and reused on resume. ``train.export_weights`` also writes
-    ``<out_dir>/weights.safetensors`` (weights only) at the end.
+    ``<out_dir>/weights.safetensors`` (weights only) at the end. ``train.init_weights``: a checkpoint whose
+    weights start the run (fine-tuning; fresh optimiser and schedule; ignored once ``last.safetensors``
+    exists). ``train.ovssc_positive_fraction`` / ``train.ovssc_balanced``: OVSSC query sampling
+    (:func:`occ_audit_ros.semabs.batching.ovssc_batch`; default uniform as in the paper).
+
+    Raises:
+        ValueError: ``train.init_weights`` holds another task or model configuration; a time budget with
+            several processes or fewer than 4 warm-up steps.
     """
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     own_group = False
@@ -331,7 +321,7 @@ def train(cfg: dict, progress: bool = True) -> dict:
         torch.set_num_threads(int(tcfg["threads"]))
     task = cfg["task"]
     mcfg = SemAbsConfig.from_dict(cfg["model"])
-    device = resolve_device(str(tcfg.get("device", "cpu")), rank)
+    device = resolve_device(tcfg.get("device", "cpu"), rank, tf32=True)
     torch.manual_seed(cfg["seed"])
     model = build_model(task, mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
@@ -350,6 +340,14 @@ def train(cfg: dict, progress: bool = True) -> dict:
     def cosine(total: int):
         return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, total), T_mult=1)
 
+    init = tcfg.get("init_weights")
+    if init and not last.is_file():
+        # fine-tuning: weights only (the optimiser and schedule start fresh); a resume ignores this
+        source, init_task, init_cfg, _, _ = load_checkpoint(init)
+        if init_task != task or init_cfg != mcfg:
+            raise ValueError(f"train.init_weights {init}: task/model config {init_task}/{init_cfg} differ from "
+                             f"this run's {task}/{mcfg}")
+        model.load_state_dict(source.state_dict())
     if last.is_file():
         _, _, _, state, _ = load_checkpoint(last, optimizer=opt, model=model)
         step = int(state["step"])

@@ -25,24 +25,36 @@ def num_queried_labels(sample: dict) -> int:
     return int(sample.get("num_relevancy_labels", len(sample["labels"])))
 
 
-def _queries(valid: np.ndarray, occ: np.ndarray, m: int, rng, balanced: bool) -> np.ndarray:
+def _queries(valid: np.ndarray, occ: np.ndarray, m: int, rng, balanced: bool,
+             positive_fraction: float = 0.0) -> np.ndarray:
     idx = np.flatnonzero(valid)
     if len(idx) == 0:
         raise ValueError("a sample has no valid query point")
-    if balanced:
-        pos, neg = idx[occ[idx]], idx[~occ[idx]]
-        if len(pos) and len(neg):
-            take_pos = rng.random(m) < 0.5
-            return np.where(take_pos, rng.choice(pos, m), rng.choice(neg, m))
+    if balanced or positive_fraction > 0.0:
+        pos = idx[occ[idx]]
+        rest = idx[~occ[idx]] if balanced else idx
+        if len(pos) and len(rest):
+            take_pos = rng.random(m) < (0.5 if balanced else positive_fraction)
+            return np.where(take_pos, rng.choice(pos, m), rng.choice(rest, m))
     return rng.choice(idx, m, replace=len(idx) < m)
 
 
 def ovssc_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: int, labels_per_scene: int,
-                num_queries: int) -> dict[str, torch.Tensor]:
+                num_queries: int, balanced: bool = False, positive_fraction: float = 0.0) -> dict[str, torch.Tensor]:
     """Stack OVSSC inputs and targets.
 
     Labels are drawn from each sample's queried label set: its first ``num_relevancy_labels`` labels
-    (all labels when the key is absent).
+    (all labels when the key is absent). ``balanced=False`` (the paper's OVSSC default) draws queries
+    uniformly from the valid ones; ``balanced=True`` draws occupied and empty queries with equal
+    probability per label, as VOOL does (``balance_spatial_sampling``), so that a label's prior
+    occupancy (0.01 % of the lattice for a cup, 10 % for a floor) no longer shifts its logits.
+    ``positive_fraction`` = f > 0 (with ``balanced=False``) draws each query from the label's occupied
+    ones with probability f, else uniformly from all valid ones: every label's training prior is at
+    least f, while large structures keep (almost) the uniform sampling. Both are our deviations
+    (measured in docs/semabs.md).
+
+    Raises:
+        ValueError: a sample without any valid query.
 
     Returns:
         ``xyz`` (B, N, 3) float32 [m]; ``relevancy`` (B, K, N) float32; ``queries`` (B, K, M, 3) float32 [m];
@@ -59,7 +71,7 @@ def ovssc_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: i
         m = np.zeros((labels_per_scene, num_queries), bool)
         for k, lab in enumerate(chosen):
             r[k] = rel[k]
-            qi = _queries(s["valid"], s["occupancy"][lab], num_queries, rng, balanced=False)
+            qi = _queries(s["valid"], s["occupancy"][lab], num_queries, rng, balanced, positive_fraction)
             q[k], t[k], m[k] = s["queries"][qi], s["occupancy"][lab][qi], True
         xs.append(xyz), rs.append(r), qs.append(q), ts.append(t), ms.append(m)
     return {"xyz": torch.from_numpy(np.stack(xs)), "relevancy": torch.from_numpy(np.stack(rs)),

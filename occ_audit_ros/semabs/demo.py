@@ -58,9 +58,13 @@ def run(scene: dict, predictor: SemAbsPredictor, grid: int = 32) -> dict:
     labels = list(scene["ovssc_obj_classes"])
     rel = predictor.relevancy(scene["rgb"], labels)
     xyz, r = relevancy_point_cloud(rel, scene["depth"], scene["cam_intr"], scene["cam_extr"], predictor.workspace)
-    ov = predictor.ovssc(scene["rgb"], scene["depth"], scene["cam_intr"], scene["cam_extr"], labels, grid=grid)
+    ov = predictor.ovssc(scene["rgb"], scene["depth"], scene["cam_intr"], scene["cam_extr"], labels, grid=grid,
+                         relevancy_maps=rel)
+    # one CLIP pass serves every description whose target and reference are among the prompts (same label set)
     vools = [predictor.vool(scene["rgb"], scene["depth"], scene["cam_intr"], scene["cam_extr"], t, rel_name, ref,
-                            context_labels=labels, grid=grid) for t, rel_name, ref in scene["descriptions"]]
+                            context_labels=labels, grid=grid,
+                            **({"relevancy_maps": rel, "map_labels": labels} if {t, ref} <= set(labels) else {}))
+             for t, rel_name, ref in scene["descriptions"]]
     return {"relevancy": rel, "cloud": (xyz, r), "ovssc": ov, "vool": vools}
 
 

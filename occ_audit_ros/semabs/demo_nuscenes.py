@@ -86,8 +86,10 @@ def run_keyframe(cfg: dict, clip_name: str = "random", seed: int = 0) -> dict:
     rel = predictor.relevancy(cam.image, labels)
     xyz, _ = relevancy_point_cloud(rel, depth, cam.K, T_ws_cam, ws)
     queries = lattice_points(ws, int(cfg["grid"]))
-    ov = predictor.ovssc(cam.image, depth, cam.K, T_ws_cam, labels, queries=queries)
-    vools = [predictor.vool(cam.image, depth, cam.K, T_ws_cam, t, r, f, context_labels=labels, queries=queries)
+    ov = predictor.ovssc(cam.image, depth, cam.K, T_ws_cam, labels, queries=queries, relevancy_maps=rel)
+    # one CLIP pass serves every query whose target and reference are YAML labels (same label set)
+    vools = [predictor.vool(cam.image, depth, cam.K, T_ws_cam, t, r, f, context_labels=labels, queries=queries,
+                            **({"relevancy_maps": rel, "map_labels": labels} if {t, f} <= set(labels) else {}))
              for t, r, f in cfg.get("vool", [])]
     q_base = transform_points(np.linalg.inv(T_ws_base), queries)  # similarity: general inverse, not rigid
     return {"rgb": cam.image, "depth": depth, "relevancy": rel, "ovssc": ov, "vool": vools, "T_ws_base": T_ws_base,

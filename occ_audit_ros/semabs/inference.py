@@ -124,25 +124,46 @@ class SemAbsPredictor:
         return cls(relevancy, ovssc, vool, **kwargs)
 
     def cloud(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, T_ws_cam: np.ndarray,
-              labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+              labels: Sequence[str], relevancy_maps: np.ndarray | None = None,
+              map_labels: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sampled relevancy cloud: (N, 3) float32 points [m, workspace frame] and (L, N) float32 relevancy.
 
+        Args:
+            relevancy_maps: (L', h, w) float32 maps already computed for the label set ``map_labels``
+                (default ``labels``) on this ``rgb``; skips the CLIP pass. The rows are reordered to
+                ``labels``. Mean subtraction makes a map depend on the whole label set, so the two sets
+                must be equal.
+
         Raises:
-            ValueError: when no valid depth pixel falls inside the workspace.
+            ValueError: when no valid depth pixel falls inside the workspace, or when ``relevancy_maps``
+                do not match the label set.
         """
-        rel = np.asarray(self.relevancy(rgb, list(labels)), dtype=np.float32)
+        labels = list(labels)
+        if relevancy_maps is None:
+            rel = np.asarray(self.relevancy(rgb, labels), dtype=np.float32)
+        else:
+            have = list(labels if map_labels is None else map_labels)
+            maps = np.asarray(relevancy_maps, dtype=np.float32)
+            if maps.ndim != 3 or len(maps) != len(have):
+                raise ValueError(f"relevancy_maps must be (L, h, w) with L = {len(have)} labels, got {maps.shape}")
+            if sorted(have) != sorted(labels):
+                raise ValueError(f"relevancy_maps were computed for the label set {have}, but this call needs "
+                                 f"{labels} (mean subtraction depends on the whole set)")
+            rel = maps[[have.index(lab) for lab in labels]]
         xyz, r = relevancy_point_cloud(rel, depth, K, T_ws_cam, self.workspace)
         return sample_points(xyz, r, self.num_points, np.random.default_rng(self.seed))
 
     @torch.no_grad()
     def ovssc(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, T_ws_cam: np.ndarray, labels: Sequence[str],
-              queries: np.ndarray | None = None, grid: int = 32) -> OVSSCResult:
+              queries: np.ndarray | None = None, grid: int = 32,
+              relevancy_maps: np.ndarray | None = None) -> OVSSCResult:
         """Per-label occupancy and argmax scene (SemAbs Sec. 3.3).
 
         Args:
             rgb: (H, W, 3) uint8; depth: (H', W') float [m]; K: (3, 3) depth intrinsics;
             T_ws_cam: (4, 4) camera pose in the workspace frame; labels: L >= 2 labels queried jointly;
             queries: (M, 3) float points [m, workspace frame]; default: centres of a grid^3 voxelisation.
+            relevancy_maps: (L, h, w) maps of ``labels`` already computed on ``rgb`` (see :meth:`cloud`).
 
         Raises:
             RuntimeError: without an OVSSC network; ValueError: on bad inputs.
@@ -151,7 +172,7 @@ class SemAbsPredictor:
             raise RuntimeError("no OVSSC network loaded")
         labels = list(labels)
         q = lattice_points(self.workspace, grid) if queries is None else np.asarray(queries, np.float32).reshape(-1, 3)
-        xyz, r = self.cloud(rgb, depth, K, T_ws_cam, labels)
+        xyz, r = self.cloud(rgb, depth, K, T_ws_cam, labels, relevancy_maps)
         logits = self.ovssc_model(torch.from_numpy(xyz)[None].to(self.device), torch.from_numpy(r)[None].to(self.device),
                                   torch.from_numpy(q)[None].to(self.device))[0]
         ids = ovssc_argmax(logits, self.empty_logit)
@@ -160,12 +181,15 @@ class SemAbsPredictor:
     @torch.no_grad()
     def vool(self, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, T_ws_cam: np.ndarray, target: str, relation: str,
              reference: str, context_labels: Sequence[str] = (), queries: np.ndarray | None = None,
-             grid: int = 32) -> VOOLResult:
+             grid: int = 32, relevancy_maps: np.ndarray | None = None,
+             map_labels: Sequence[str] | None = None) -> VOOLResult:
         """Hidden-object query <target, relation, reference> (SemAbs Sec. 3.4).
 
         Args:
             context_labels: further labels queried jointly with target and reference (mean subtraction
                 needs a label set; SemAbs uses the scene vocabulary).
+            relevancy_maps, map_labels: maps already computed on ``rgb`` for the label set
+                ``map_labels``, which must equal {target, reference} + context (see :meth:`cloud`).
             Other arguments as in :meth:`ovssc`.
 
         Raises:
@@ -176,7 +200,7 @@ class SemAbsPredictor:
         rel_id = relation_ids([relation])
         labels = [target, reference] + [c for c in context_labels if c not in (target, reference)]
         q = lattice_points(self.workspace, grid) if queries is None else np.asarray(queries, np.float32).reshape(-1, 3)
-        xyz, r = self.cloud(rgb, depth, K, T_ws_cam, labels)
+        xyz, r = self.cloud(rgb, depth, K, T_ws_cam, labels, relevancy_maps, map_labels)
         x = torch.from_numpy(xyz)[None].to(self.device)
         logits = self.vool_model(x, torch.from_numpy(r[0:1])[None].to(self.device),
                                  torch.from_numpy(r[1:2])[None].to(self.device), rel_id[None].to(self.device),

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from .auditors import AuditRequest, Auditor
 from .schema import AuditValidationError, parse_answer_text
 from .taxonomy import ATTRIBUTES, CLASS_DEFINITIONS, K_OBJ
@@ -136,6 +137,7 @@ class VlmAuditor(Auditor):
         dtype: torch dtype for the weights (float32 on CPU; bfloat16 on GPU is typical).
 
     Raises:
+        ValueError: ``device`` names CUDA on a machine without it (:func:`occ_audit_ros.devices.resolve_device`).
         VlmUnavailable: when ``source`` is neither a loadable directory nor a reachable hub id
             (one error, saying how to provide weights).
     """
@@ -149,8 +151,7 @@ class VlmAuditor(Auditor):
         super().__init__()
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)
         path = Path(source).expanduser()
         looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1
         if looks_like_path and not path.is_dir():
@@ -169,7 +170,7 @@ class VlmAuditor(Auditor):
             raise VlmUnavailable(f"could not load a VLM from {source!r}: "
                                  f"{err.__class__.__name__}: {first}\n{HOW_TO_PROVIDE}") from err
         self.vlm.eval().requires_grad_(False).to(device)
-        self.device = torch.device(device)
+        self.device = device
         self.model = source
         self.max_new_tokens = int(max_new_tokens)
         self.prompt_text = build_prompt()
