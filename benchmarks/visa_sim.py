@@ -362,7 +362,6 @@ def trainer_run(name, spec, seed, steps, files, cache: Path, out: Path, device, 
     switch (``visa.targets`` = the run's audit set, λ's from the run table); evaluation =
     ``train_ago.evaluate`` of the final checkpoint on the validation samples."""
     import train_ago
-    from occ_audit_ros.ago.checkpoint import load_checkpoint
     from occ_audit_ros.ago.metrics import geometric_iou, iou_per_class, mean_iou
 
     t0 = time.time()
@@ -381,10 +380,9 @@ def trainer_run(name, spec, seed, steps, files, cache: Path, out: Path, device, 
     t_train = time.time() - t0
     if not evaluate:
         return {"train_s": t_train}
-    ccfg, _, _, bank, lm, _, _, model = train_ago.build_everything(cfg)
-    load_checkpoint(r["checkpoint"], model)
-    model.to(device)
-    m = train_ago.evaluate(model, val_samples, bank, lm).matrix
+    trained = r["trained"]
+    ccfg = trained["class_config"]
+    m = train_ago.evaluate(trained["model"], val_samples, trained["bank"], trained["label_map"]).matrix
     iou = iou_per_class(m)
     last = {}
     logp = Path(r["log"])

@@ -18,7 +18,6 @@ from __future__ import annotations
 import colorsys
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -30,6 +29,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Polygon
 
+from occ_audit_ros.atomic import atomic_path
 from occ_audit_ros.voxel_grid import SemanticVoxels
 
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS \u2014 not a real perception output"
@@ -76,17 +76,9 @@ def label_palette(n: int) -> np.ndarray:
 def _save_figure_atomically(fig: Figure, path: str | os.PathLike, dpi: float) -> Path:
     """Render ``fig`` to ``path`` as PNG (mode 0644) via a temporary file + ``os.replace`` (atomic on POSIX)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # attaches itself to the figure
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
     return path
 
 

@@ -7,8 +7,7 @@ flat C-order index ``(ix * ny + iy) * nz + iz``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 

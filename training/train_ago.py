@@ -136,7 +136,14 @@ def sample_to(s, device):
 
 
 def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = True) -> dict:
-    """Run training as configured; returns ``{"step", "losses" (last), "log" path, "checkpoint"}``.
+    """Run training as configured.
+
+    Returns:
+        ``{"step", "losses" (last), "log" path, "checkpoint", "stopped_early", "device", "wall_s"}`` (JSON)
+        plus the live objects under ``"trained"``: ``{"model"`` (the trained network, on ``device``, equal to
+        the final checkpoint), ``"bank"`` (training text bank), ``"label_map"``, ``"class_config"``,
+        ``"spec"`` (voxel grid)}``, so a
+        caller evaluates without rebuilding or reloading anything.
 
     Args:
         cfg: parsed config (see ``config/ago_train.yaml``).
@@ -258,7 +265,8 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
     if world > 1:
         dist.barrier()
     return {"step": step, "losses": losses, "log": str(log_path), "checkpoint": str(latest_checkpoint(out)),
-            "stopped_early": stopped_early, "device": str(device), "wall_s": round(time.monotonic() - t_start, 1)}
+            "stopped_early": stopped_early, "device": str(device), "wall_s": round(time.monotonic() - t_start, 1),
+            "trained": {"model": model, "bank": bank, "label_map": label_map, "class_config": ccfg, "spec": spec}}
 
 
 @torch.no_grad()
@@ -291,10 +299,10 @@ def main(argv=None) -> int:
         return 2
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
+        trained = result.pop("trained")
         print(json.dumps(result))
         if args.eval and cfg.get("vocabulary", "closed") == "closed":
-            ccfg, text, vocab, bank, lm, spec, clip, model = build_everything(cfg)
-            load_checkpoint(result["checkpoint"], model)
+            model, bank, lm, ccfg, spec = (trained[k] for k in ("model", "bank", "label_map", "class_config", "spec"))
             d = cfg["data"]
             samples = load_samples(d.get("dataroot"), d.get("annotations"), d.get("tokens"), spec,
                                    d["image_scale"], d.get("gt_dir"))

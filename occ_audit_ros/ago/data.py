@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..geometry import invert_transform, transform_points
 from ..voxel_grid import VoxelGridSpec
-from .classes import FREE_LABEL, IGNORE_LABEL, OCC3D_CLASSES, ClassConfig
+from .classes import FREE_LABEL, IGNORE_LABEL, ClassConfig
 from .network import LiftGeometry, lift_geometry
 from .occ_gt import OccupancyGT, keyframe_occupancy_gt
 
@@ -168,8 +169,6 @@ def save_samples_file(path, samples: list[AgoSample]) -> Path:
         ValueError: a sample without ``cams``, or labels outside 0-255.
     """
     import json
-    import os
-    import tempfile
 
     from safetensors.torch import save_file
 
@@ -186,15 +185,8 @@ def save_samples_file(path, samples: list[AgoSample]) -> Path:
         meta.append({"token": s.token, "cams": [[np.asarray(K, float).tolist(), np.asarray(T, float).tolist(), int(w), int(h)]
                                                 for K, T, w, h in s.cams]})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"ago_samples": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"ago_samples": json.dumps(meta)})
     return path
 
 

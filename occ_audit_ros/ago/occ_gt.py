@@ -16,13 +16,11 @@ into it through ``map`` (ego-motion compensated, as :func:`nuscenes_io.lidar_poi
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..geometry import invert_transform, transform_points
 from ..voxel_grid import VoxelGridSpec
 from .classes import FREE_LABEL, IGNORE_LABEL, OCC3D_CLASSES
@@ -54,18 +52,10 @@ class OccupancyGT:
 
     def save(self, path) -> None:
         """Write ``semantics``, ``mask_lidar``, ``mask_camera`` (+ grid) to an ``.npz`` atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        os.close(fd)
-        try:
+        with atomic_path(path, suffix=".npz") as tmp:
             np.savez_compressed(tmp, semantics=self.semantics, mask_lidar=self.mask_lidar,
                                 mask_camera=self.mask_camera, lower=np.array(self.spec.lower),
                                 upper=np.array(self.spec.upper), voxel_size=np.array(self.spec.voxel_size))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     def counts(self) -> dict[str, int]:
         """Voxels per label name (classes, ``free``, ``unobserved``)."""

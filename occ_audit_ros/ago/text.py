@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ..atomic import atomic_path
 
 __all__ = ["TextEncoder", "MiniLMTextEncoder", "ClipTextEncoder", "CachedTextEncoder",
            "minilm_model_dir", "build_text_encoder"]
@@ -184,16 +184,9 @@ class CachedTextEncoder(TextEncoder):
             return
         from safetensors.torch import save_file
 
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_file.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({k: v.contiguous() for k, v in self.cache.items()}, tmp,
+        with atomic_path(self.cache_file) as tmp:
+            save_file({k: v.contiguous() for k, v in self.cache.items()}, str(tmp),
                       metadata={"model": self.name, "n": json.dumps(len(self.cache))})
-            os.replace(tmp, self.cache_file)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 def build_text_encoder(kind: str, clip_bundle=None, cache_file=None, device: str = "cpu") -> CachedTextEncoder:

@@ -11,8 +11,6 @@ Files are written to a temporary file in the target folder and moved with ``os.r
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..atomic import atomic_path
 from .model import SemAbsConfig, SemAbsOVSSC, SemAbsVOOL
 
 __all__ = ["save_checkpoint", "load_checkpoint", "build_model"]
@@ -60,16 +59,8 @@ def save_checkpoint(path, model: torch.nn.Module, task: str, config: SemAbsConfi
     meta = {"task": task, "config": json.dumps(config.to_dict()), "train_state": json.dumps(state),
             "card": json.dumps(card or {})}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_checkpoint(path, optimizer: torch.optim.Optimizer | None = None,

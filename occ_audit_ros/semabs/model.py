@@ -15,7 +15,7 @@ Data flow (design notes Sec. 3), per label (OVSSC) or per description (VOOL):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
 
 import torch

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .batching import num_queried_labels
 from .pointcloud import Workspace, lattice_points
 
@@ -125,16 +124,8 @@ def write_pack(samples: Sequence[dict], path, workspace: Workspace, lattice_grid
     arrays = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
     arrays["meta"] = np.array(json.dumps(meta))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp.npz") as tmp:
         np.savez_compressed(tmp, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return {"views": len(views), "bytes": path.stat().st_size}
 
 

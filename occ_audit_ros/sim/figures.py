@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import atomic_write_bytes, read_shard
+from ..atomic import write_bytes_atomic
+from .shards import read_shard
 
 __all__ = ["indoor_figure", "driving_figure", "main"]
 
@@ -33,7 +34,7 @@ def _save(fig, path: Path) -> None:
     buf.seek(0)
     small = io.BytesIO()  # 256-colour palette PNG: a third of the size, fine for figures
     Image.open(buf).convert("RGB").quantize(256).save(small, format="PNG", optimize=True)
-    atomic_write_bytes(path, small.getvalue())
+    write_bytes_atomic(path, small.getvalue())
 
 
 def indoor_figure(shard_path, out_path, scene_key: str | None = None) -> None:

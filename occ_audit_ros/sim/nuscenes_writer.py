@@ -31,7 +31,8 @@ from tqdm import tqdm
 from .. import conventions, paths
 from ..geometry import invert_transform, matrix_to_quaternion, transform_points, yaw_to_matrix
 from .driving import THINGS, build_world, sensor_rig, simulate_sample
-from .shards import atomic_write_bytes, check_dataset_record, scene_rng, token, write_npz
+from ..atomic import write_bytes_atomic
+from .shards import check_dataset_record, scene_rng, token, write_npz
 
 __all__ = ["write_driving_dataset", "MMDET_CATEGORIES"]
 
@@ -75,7 +76,7 @@ def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
 
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=int(quality))
-    atomic_write_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _sequence(cfg: dict, out: Path, idx: int, seed: int, rig: dict, static: dict) -> dict:
@@ -121,7 +122,7 @@ def _sequence(cfg: dict, out: Path, idx: int, seed: int, rig: dict, static: dict
             sd_token = tok("sd", k, ch)
             if ch == conventions.LIDAR_CHANNEL:
                 fn = f"samples/{ch}/{name}__{ch}__{ts}.pcd.bin"
-                atomic_write_bytes(out / fn, sim["lidar"].astype(np.float32).tobytes())
+                write_bytes_atomic(out / fn, sim["lidar"].astype(np.float32).tobytes())
                 w = h = 0
                 fmt = "pcd"
             else:
@@ -204,12 +205,12 @@ def _merge(cfg: dict, out: Path, scenes: int, static: dict) -> None:
                       "filename": "", "log_tokens": [r["token"] for r in tables["log"]]}]
     version_dir = out / cfg["version"]
     for t in sorted(tables):
-        atomic_write_bytes(version_dir / f"{t}.json", json.dumps(tables[t], indent=0).encode())
+        write_bytes_atomic(version_dir / f"{t}.json", json.dumps(tables[t], indent=0).encode())
     pkl = {"metainfo": {"categories": dict(MMDET_CATEGORIES), "dataset": "nuscenes",
                         "version": cfg["version"], "info_version": "1.1",
                         "source": "occ_audit_ros.sim (simulated)"},
            "data_list": infos}
-    atomic_write_bytes(out / "sim_infos.pkl", pickle.dumps(pkl, protocol=4))
+    write_bytes_atomic(out / "sim_infos.pkl", pickle.dumps(pkl, protocol=4))
 
 
 def write_driving_dataset(cfg: dict, out, scenes: int, seed: int, shard=(0, 1),
@@ -244,7 +245,7 @@ def write_driving_dataset(cfg: dict, out, scenes: int, seed: int, shard=(0, 1),
             bar.update(n)
             continue
         result = _sequence(cfg, out, idx, seed, rig, static)
-        atomic_write_bytes(part, json.dumps(result, sort_keys=True).encode())
+        write_bytes_atomic(part, json.dumps(result, sort_keys=True).encode())
         stats["written"] += 1
         bar.update(n)
     bar.close()

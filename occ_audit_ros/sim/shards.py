@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,28 +16,12 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
-__all__ = ["write_npz", "read_shard", "atomic_write_bytes", "load_config", "scene_rng",
+from ..atomic import write_bytes_atomic
+
+__all__ = ["write_npz", "read_shard", "load_config", "scene_rng",
            "check_dataset_record", "token"]
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    A reader (or a resumed run) never sees a half-written file under ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; datasets are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_npz(path, arrays: Mapping[str, Any], compress: bool = True) -> int:
@@ -65,7 +47,7 @@ def write_npz(path, arrays: Mapping[str, Any], compress: bool = True) -> int:
             info.external_attr = 0o644 << 16
             zf.writestr(info, member.getvalue())
     data = buf.getvalue()
-    atomic_write_bytes(path, data)
+    write_bytes_atomic(path, data)
     return len(data)
 
 
@@ -140,7 +122,7 @@ def check_dataset_record(out, record: dict) -> None:
             raise ValueError(
                 f"{path} was written with another config/seed/scene count; use a new --out folder")
         return
-    atomic_write_bytes(path, text.encode())
+    write_bytes_atomic(path, text.encode())
 
 
 def token(*parts) -> str:

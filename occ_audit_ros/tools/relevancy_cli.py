@@ -20,11 +20,12 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_path
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -121,10 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         written.append(save_relevancy_overlay_png(rgb, maps[i:i + 1], [label], args.out / f"{i:02d}_{_slug(label)}.png",
                                                   clip.random_weights, title=title, ncols=1))
     if args.npy:
-        fd, tmp = tempfile.mkstemp(dir=args.out, suffix=".npy.tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, maps)
-        os.replace(tmp, args.out / "relevancy.npy")
+        with atomic_path(args.out / "relevancy.npy", suffix=".npy") as tmp:
+            np.save(tmp, maps)
         written.append(args.out / "relevancy.npy")
     print(f"{len(labels)} labels, maps {maps.shape[1]}x{maps.shape[2]}, {seconds:.2f} s; wrote:")
     for path in written:

@@ -264,14 +264,15 @@ _FIELDS = ("voxel_index", "gt", "hypothesis", "pi", "confusion_set", "attributes
 
 
 def save_targets(path, targets: dict[str, AuditTargets], meta: dict | None = None) -> None:
-    """Write per-sample targets to one safetensors file atomically (:func:`.store.write_atomic`);
+    """Write per-sample targets to one safetensors file atomically (:func:`occ_audit_ros.atomic.write_bytes_atomic`, fsync-ed);
     keys ``<sample token>/<field>``, ``meta`` as JSON in the metadata."""
     from safetensors.torch import save
 
-    from .store import write_atomic
+    from ..atomic import write_bytes_atomic
 
     tensors = {f"{tok}/{f}": getattr(t, f).contiguous() for tok, t in targets.items() for f in _FIELDS}
-    write_atomic(path, save(tensors, metadata={"format": "visa-targets/1", "meta": json.dumps(meta or {})}))
+    body = save(tensors, metadata={"format": "visa-targets/1", "meta": json.dumps(meta or {})})
+    write_bytes_atomic(path, body, fsync=True)
 
 
 def load_targets(path) -> tuple[dict[str, AuditTargets], dict]:

@@ -38,7 +38,8 @@ from .. import paths
 from .auditors import AuditRequest, SimulatedAuditor
 from .crops import keyframe_instance_token, keyframe_views, select_crop
 from .schema import QUALITIES, make_record
-from .store import AuditStore, merge_stores, write_atomic
+from ..atomic import write_bytes_atomic
+from .store import AuditStore, merge_stores
 from .taxonomy import K_OBJ, category_to_class
 
 LOG = logging.getLogger("generate_audits")
@@ -235,7 +236,7 @@ def run_shard(work: list[WorkItem], auditor, out_dir: Path, shard: tuple[int, in
     prev = json.loads((out_dir / stats_name).read_text()) if (out_dir / stats_name).exists() else {}
     stats = {"auditor": auditor.describe(), "runs": prev.get("runs", []) + [
         {"counts": counts, "auditor_stats": auditor.stats.as_dict()}]}
-    write_atomic(out_dir / stats_name, json.dumps(stats, indent=1).encode())
+    write_bytes_atomic(out_dir / stats_name, json.dumps(stats, indent=1).encode(), fsync=True)
     return counts
 
 
@@ -291,7 +292,7 @@ def save_confusion_png(report: dict, path: Path, title: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue(), fsync=True)
 
 
 def merge_and_report(out_dir: Path, n: int) -> dict:
@@ -316,7 +317,7 @@ def merge_and_report(out_dir: Path, n: int) -> dict:
     report.update(auditor_kinds=kinds, rejected=len(rejected), shards=n, shard_stats=stats)
     if "SIMULATED" in kinds:
         report["note"] = "SIMULATED audits: controlled experiment, not VLM output"
-    write_atomic(out_dir / "report.json", json.dumps(report, indent=1).encode())
+    write_bytes_atomic(out_dir / "report.json", json.dumps(report, indent=1).encode(), fsync=True)
     title = "VISA audits vs GT (" + ", ".join(kinds) + ")"
     save_confusion_png(report, out_dir / "confusion.png", title)
     return report

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from ..atomic import write_bytes_atomic
 
 
 class StoreCorrupt(RuntimeError):
@@ -116,24 +117,6 @@ class AuditStore:
         self.close()
 
 
-def write_atomic(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def merge_stores(paths, out_path, key: str = "instance_token") -> dict[str, dict]:
     """Merge shard stores into one file sorted by key, written atomically.
 
@@ -145,5 +128,5 @@ def merge_stores(paths, out_path, key: str = "instance_token") -> dict[str, dict
         for k, rec in read_store(p, key).items():
             merged.setdefault(k, rec)
     body = "".join(json.dumps(merged[k], sort_keys=True, ensure_ascii=False) + "\n" for k in sorted(merged))
-    write_atomic(out_path, body.encode())
+    write_bytes_atomic(out_path, body.encode(), fsync=True)
     return merged
