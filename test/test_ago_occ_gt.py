@@ -72,3 +72,23 @@ def test_keyframe_gt_cli(tmp_path, capsys):
     assert gt_main(["--out", str(tmp_path), "--voxel-size", "0.8", "--pixel-stride", "48"]) == 0
     assert len(list(tmp_path.glob("*.npz"))) == 1 and len(list(tmp_path.glob("*_bev.png"))) == 1
     assert gt_main(["--out", str(tmp_path), "--dataroot", str(tmp_path / "nope")]) == 2
+
+
+def test_load_gt_file_round_trip_and_grid_check(tmp_path):
+    """A saved GT reads back equal on its own grid; on another voxel size it is a clear error."""
+    import numpy as np
+
+    from occ_audit_ros.ago.data import load_gt_file
+    from occ_audit_ros.ago.occ_gt import OccupancyGT
+    from occ_audit_ros.voxel_grid import VoxelGridSpec
+
+    spec = VoxelGridSpec((-4.0, -4.0, -1.0), (4.0, 4.0, 1.0), 0.5)
+    rng = np.random.default_rng(0)
+    sem = rng.integers(0, 18, spec.dims).astype(np.uint8)
+    cam = rng.random(spec.dims) > 0.5
+    OccupancyGT(spec, sem, ~cam, cam).save(tmp_path / "gt.npz")
+    back = load_gt_file(tmp_path / "gt.npz", spec)
+    assert np.array_equal(back.semantics, sem) and np.array_equal(back.mask_camera, cam)
+    assert np.array_equal(back.mask_lidar, ~cam)
+    with pytest.raises(ValueError, match="expected"):
+        load_gt_file(tmp_path / "gt.npz", VoxelGridSpec((-4.0, -4.0, -1.0), (4.0, 4.0, 1.0), 0.25))

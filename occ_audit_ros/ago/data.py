@@ -22,7 +22,7 @@ from .network import LiftGeometry, lift_geometry
 from .occ_gt import OccupancyGT, keyframe_occupancy_gt
 
 __all__ = ["AgoSample", "sample_from_keyframe", "load_samples", "sample_tokens", "training_vocabulary", "collate",
-           "save_samples_file", "load_samples_file"]
+           "save_samples_file", "load_samples_file", "load_gt_file"]
 
 
 @dataclass
@@ -95,6 +95,21 @@ def sample_from_keyframe(kf, spec: VoxelGridSpec, image_scale: float = 0.1, gt: 
                      cams)
 
 
+def load_gt_file(path, spec: VoxelGridSpec) -> OccupancyGT:
+    """Read an Occ3D-style GT file (``semantics``, ``mask_camera``, optional ``mask_lidar``; the
+    simulator's and :meth:`OccupancyGT.save`'s ``.npz``) on the grid ``spec``.
+
+    Raises:
+        ValueError: the file's grid is not ``spec.dims`` (another voxel size).
+    """
+    with np.load(path) as z:
+        if z["semantics"].shape != spec.dims:
+            raise ValueError(f"GT {path} has grid {z['semantics'].shape}, expected {spec.dims} "
+                             f"(voxel_size {spec.voxel_size} m)")
+        return OccupancyGT(spec, z["semantics"], z["mask_lidar"] if "mask_lidar" in z else z["mask_camera"],
+                           z["mask_camera"])
+
+
 def _find_gt(gt_dir, token: str):
     """``gt_dir/<token>.npz`` or an Occ3D-layout ``gt_dir/**/<token>/labels.npz`` (the simulator's
     ``gts/<scene>/<token>/labels.npz``), else None."""
@@ -145,12 +160,7 @@ def load_samples(dataroot=None, annotations_pkl=None, tokens=None, spec: VoxelGr
         gt = None
         found = _find_gt(gt_dir, kf.sample_token) if gt_dir is not None else None
         if found is not None:
-            with np.load(found) as z:
-                if z["semantics"].shape != spec.dims:
-                    raise ValueError(f"GT {found} has grid {z['semantics'].shape}, expected {spec.dims} "
-                                     f"(voxel_size {spec.voxel_size} m)")
-                gt = OccupancyGT(spec, z["semantics"], z["mask_lidar"] if "mask_lidar" in z else z["mask_camera"],
-                                 z["mask_camera"])
+            gt = load_gt_file(found, spec)
         elif gt_dir is not None:
             gt = keyframe_occupancy_gt(kf, spec, pixel_stride)
             gt.save(Path(gt_dir) / f"{kf.sample_token}.npz")

@@ -36,7 +36,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -222,7 +221,7 @@ def split_targets(vcfg: dict, data: dict, spec: VoxelGridSpec, audits: dict[str,
         FileNotFoundError: tables or GT missing; ValueError: a non-simulated auditor without an
         audit store.
     """
-    from ..ago.data import _find_gt, sample_tokens
+    from ..ago.data import _find_gt, load_gt_file, sample_tokens
     from ..nuscenes_io import load_keyframe
     from .integration import tables_targets
     from .store import read_store
@@ -247,8 +246,7 @@ def split_targets(vcfg: dict, data: dict, spec: VoxelGridSpec, audits: dict[str,
             kf = load_keyframe(dataroot, data.get("annotations"), tok)
             found = _find_gt(data["gt_dir"], kf.sample_token) if data.get("gt_dir") else None
             if found is not None:
-                with np.load(found) as z:
-                    sem = z["semantics"]
+                sem = load_gt_file(found, spec).semantics
             else:
                 sem, _, _ = keyframe_semantics_from_lidar(kf, spec)
             keyframes.append((kf, sem))
