@@ -82,10 +82,10 @@ def _save_figure_atomically(fig: Figure, path: str | os.PathLike, dpi: float) ->
     return path
 
 
-def _banner(fig: Figure) -> None:
-    """Big red warning across the top of the figure."""
+def random_weights_banner(fig: Figure, text: str = RANDOM_WEIGHTS_BANNER, fontsize: float = 16) -> None:
+    """Big red warning across the top of ``fig`` (every picture made from random weights carries one)."""
     fig.text(
-        0.5, 0.995, RANDOM_WEIGHTS_BANNER, ha="center", va="top", fontsize=16, fontweight="bold",
+        0.5, 0.995, text, ha="center", va="top", fontsize=fontsize, fontweight="bold",
         color="white", bbox=dict(facecolor="red", edgecolor="red", boxstyle="square,pad=0.3"),
     )
 
@@ -205,7 +205,7 @@ def save_bev_png(
         full_title += f"\nmodel: {voxels.model}"
     ax.set_title(full_title, fontsize=9)
     if voxels.random_weights:
-        _banner(fig)
+        random_weights_banner(fig)
     return _save_figure_atomically(fig, path, dpi)
 
 
@@ -306,7 +306,7 @@ def save_relevancy_overlay_png(
     if title:
         fig.text(0.5, 1.0 - 0.6 / fig_h, title, ha="center", va="center", fontsize=10)
     if random_weights:
-        _banner(fig)
+        random_weights_banner(fig)
     return _save_figure_atomically(fig, path, dpi)
 
 
@@ -366,5 +366,5 @@ def save_hidden_object_png(voxels: SemanticVoxels, answer: Any, path: str | os.P
     fig.colorbar(im, ax=ax_p, fraction=0.046, pad=0.04)
     fig.text(0.5, 0.9, title or f"hidden-object query, model {answer.model}", ha="center", fontsize=10)
     if voxels.random_weights or answer.random_weights:
-        _banner(fig)
+        random_weights_banner(fig)
     return _save_figure_atomically(fig, path, dpi)

@@ -75,7 +75,7 @@ def save_figure(scene: dict, out: dict, path, random_weights: bool, banner: str 
     """
     from matplotlib.figure import Figure
 
-    from ..viz import _save_figure_atomically, label_palette
+    from ..viz import _save_figure_atomically, label_palette, random_weights_banner
 
     labels = out["ovssc"].labels
     pal = label_palette(len(labels))
@@ -123,9 +123,7 @@ def save_figure(scene: dict, out: dict, path, random_weights: bool, banner: str 
                for i, l in enumerate(labels)]
     fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=8)
     if random_weights:
-        fig.text(0.5, 0.995, banner or RANDOM_NETS_BANNER,
-                 ha="center", va="top", fontsize=14, fontweight="bold", color="white",
-                 bbox=dict(facecolor="red", edgecolor="red"))
+        random_weights_banner(fig, banner or RANDOM_NETS_BANNER, fontsize=14)
     fig.subplots_adjust(top=0.92, bottom=0.1)
     return _save_figure_atomically(fig, path, 90)
 

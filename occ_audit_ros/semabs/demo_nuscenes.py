@@ -103,7 +103,7 @@ def save_figure(out: dict, cfg: dict, path) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Polygon
 
-    from ..viz import _save_figure_atomically, label_palette
+    from ..viz import _save_figure_atomically, label_palette, random_weights_banner
     from .demo import RANDOM_CLIP_BANNER
 
     labels = out["labels"]
@@ -163,8 +163,7 @@ def save_figure(out: dict, cfg: dict, path) -> Path:
     fig.legend(handles=[Patch(color=pal[i], label=l) for i, l in enumerate(labels)], loc="lower center",
                ncol=len(labels), fontsize=8)
     if out["random_clip"]:
-        fig.text(0.5, 0.995, RANDOM_CLIP_BANNER, ha="center", va="top", fontsize=13, fontweight="bold", color="white",
-                 bbox=dict(facecolor="red", edgecolor="red"))
+        random_weights_banner(fig, RANDOM_CLIP_BANNER, fontsize=13)
     fig.subplots_adjust(top=0.94, bottom=0.08, hspace=0.4, wspace=0.3)
     return _save_figure_atomically(fig, path, 80)
 
