@@ -324,7 +324,14 @@ def train_and_eval(name, spec, seed, steps, meta, cfg, samples, tensors, text, w
             "object_miou": mean_iou(m, ccfg.object_classes) * 100, "rare_miou": mean_iou(m, rare_ids) * 100,
             "geo_iou": geometric_iou(m) * 100,
             "iou": {ccfg.classes[i]: (None if not np.isfinite(iou[i]) else float(iou[i] * 100)) for i in range(17)},
-            "final_losses": sums, "train_s": t_train, "total_s": time.time() - t0}
+            "final_losses": sums, "train_s": t_train, "total_s": time.time() - t0,
+            "confusion": np.asarray(m).tolist(), "logit_scale": _logit_scale(model)}
+
+
+def _logit_scale(model) -> float | None:
+    """The grounding head's learned temperature s = exp(log_scale) (None for the linear head)."""
+    log_scale = getattr(model.head, "log_scale", None)
+    return None if log_scale is None else float(log_scale.detach().exp())
 
 
 def trainer_files(cache: Path, work: Path) -> dict:
@@ -392,7 +399,8 @@ def trainer_run(name, spec, seed, steps, files, cache: Path, out: Path, device, 
             "object_miou": mean_iou(m, ccfg.object_classes) * 100, "rare_miou": mean_iou(m, rare_ids) * 100,
             "geo_iou": geometric_iou(m) * 100,
             "iou": {ccfg.classes[i]: (None if not np.isfinite(iou[i]) else float(iou[i] * 100)) for i in range(17)},
-            "final_losses": last, "train_s": t_train, "total_s": time.time() - t0}
+            "final_losses": last, "train_s": t_train, "total_s": time.time() - t0,
+            "confusion": np.asarray(m).tolist(), "logit_scale": _logit_scale(trained["model"])}
 
 
 def worker(args) -> int:
