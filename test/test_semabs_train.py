@@ -110,3 +110,11 @@ def test_ovssc_positive_fraction_sampling():
     assert 0.3 + 0.7 * prior - 0.03 < frac < 0.3 + 0.7 * prior + 0.03
     bal = ovssc_batch(scenes, np.random.default_rng(0), 300, 2, 4000, balanced=True)
     assert bal["target"].mean().item() == pytest.approx(0.5, abs=0.03)
+
+
+def test_train_device_names_are_checked(tmp_path):
+    """``train.device`` is cpu, cuda or auto (the rank picks the GPU); anything else is refused before training."""
+    cfg = load_config(str(ROOT / "config/semabs_cpu.yaml"), TINY + [f"out_dir={tmp_path}", "train.max_steps=1",
+                                                                    "train.device=cuda:1"])
+    with pytest.raises(ValueError, match="train.device must be"):
+        train(cfg, progress=False)

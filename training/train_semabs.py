@@ -307,7 +307,8 @@ def train(cfg: dict, progress: bool = True) -> dict:
     (:func:`occ_audit_ros.semabs.batching.ovssc_batch`; default uniform as in the paper).
 
     Raises:
-        ValueError: ``train.init_weights`` holds another task or model configuration; a time budget with
+        ValueError: ``train.device`` other than cpu / cuda / auto, or cuda without a GPU;
+            ``train.init_weights`` holds another task or model configuration; a time budget with
             several processes or fewer than 4 warm-up steps.
     """
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
@@ -321,6 +322,8 @@ def train(cfg: dict, progress: bool = True) -> dict:
         torch.set_num_threads(int(tcfg["threads"]))
     task = cfg["task"]
     mcfg = SemAbsConfig.from_dict(cfg["model"])
+    if str(tcfg.get("device", "cpu")) not in ("cpu", "cuda", "auto"):  # a GPU per rank is chosen here, not named
+        raise ValueError(f"train.device must be cpu, cuda or auto, got {tcfg.get('device')!r}")
     device = resolve_device(tcfg.get("device", "cpu"), rank, tf32=True)
     torch.manual_seed(cfg["seed"])
     model = build_model(task, mcfg).to(device)
