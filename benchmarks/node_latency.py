@@ -36,16 +36,6 @@ from pathlib import Path
 import torch
 
 
-def _trim() -> None:
-    """Return freed heap pages to the OS (glibc ``malloc_trim``) so RSS shows live memory, not fragmentation."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _restamp(msg, shift_ns: int):
     from occ_audit_ros.nodes.conversions import ns_to_stamp, stamp_to_ns
 
@@ -73,7 +63,7 @@ def latency_and_soak(args) -> dict:
 
     from occ_audit_ros import conventions, paths
     from occ_audit_ros.nodes.bag_player import resolve_message_type
-    from occ_audit_ros.nodes.node_checks import rss_bytes
+    from occ_audit_ros.nodes.node_checks import release_freed_heap, rss_bytes
     from occ_audit_ros.nodes.perception_node import PerceptionNode, sensor_qos
     from occ_audit_ros.nuscenes_io import load_keyframe
     from occ_audit_ros.params import DRIVING_LABELS, relevancy_presets
@@ -133,8 +123,7 @@ def latency_and_soak(args) -> dict:
             if k >= args.warmup:
                 stage_runs.append(dict(node.last_result.timings_s))
             if args.trim:
-                gc.collect()
-                _trim()
+                release_freed_heap()
             if k == args.warmup - 1 or (args.warmup == 0 and k == 0):
                 gc.collect()
                 rss_warm = rss_bytes()
@@ -142,7 +131,7 @@ def latency_and_soak(args) -> dict:
                   f"{sent} messages sent, RSS {rss_bytes() / 2**20:.0f} MiB", flush=True)
         gc.collect()
         if args.trim:
-            _trim()
+            release_freed_heap()
         rss_end = rss_bytes()
         diag = {kv.key: kv.value for kv in node.diagnostics().status[0].values}
         counters = dict(node.counters)

@@ -36,7 +36,9 @@ def test_soak_rss_flat_and_counters_consistent(ros):
     assert c["received_sets"] == c["processed"] + c["dropped"] + c["skipped"]
     assert r["arrived"] > r["messages"] // 2  # most messages arrived
     assert c["processed"] >= 10 and c["skipped"] == 0
-    assert abs(r["growth"]) < 0.05
+    # A leak grows RSS; a shrink (pages freed by earlier tests in this process) is not a node property.
+    # CI once failed here on -6.2 % before both samples trimmed the heap (release_freed_heap).
+    assert r["growth"] < 0.05
 
 
 def test_queue_of_one_drops_frames_while_the_worker_is_busy(ros):
