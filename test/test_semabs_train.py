@@ -12,7 +12,7 @@ from safetensors import safe_open
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.train_semabs import load_config, train  # noqa: E402
+from training.train_semabs import forward_loss, load_config, train  # noqa: E402
 
 TINY = ["model.grid=16", "model.unet_levels=2", "model.unet_f_maps=8", "model.point_hidden=16",
         "data.train_scenes=4", "data.toy={num_queries: 600, points_per_face: 60}", "train.batch_size=1",
@@ -75,7 +75,7 @@ def test_init_weights_fine_tunes_from_a_checkpoint(tmp_path):
     # same seed, same batch: only the starting weights differ
     import copy
     from occ_audit_ros.semabs.checkpoint import load_checkpoint
-    from training.train_semabs import SceneSet, forward_loss, make_batch
+    from training.train_semabs import SceneSet, make_batch
     import numpy as np
     model, _, mcfg, _, _ = load_checkpoint(tmp_path / "src/last.safetensors")
     model.train()
@@ -110,6 +110,54 @@ def test_ovssc_positive_fraction_sampling():
     assert 0.3 + 0.7 * prior - 0.03 < frac < 0.3 + 0.7 * prior + 0.03
     bal = ovssc_batch(scenes, np.random.default_rng(0), 300, 2, 4000, balanced=True)
     assert bal["target"].mean().item() == pytest.approx(0.5, abs=0.03)
+
+
+def test_ovssc_importance_weights_recover_the_uniform_expectation():
+    """With ``importance_weighted`` the weighted means over oversampled queries estimate the uniform ones:
+    mean(w) -> 1 and mean(w * occupied) -> the label's occupied fraction of the valid queries (counted
+    directly from the scene), for the mixture and the balanced sampling; uniform draws weigh 1."""
+    import numpy as np
+    from occ_audit_ros.semabs.batching import ovssc_batch
+    from occ_audit_ros.semabs.toy import toy_scene
+
+    scene = toy_scene(np.random.default_rng(5), num_queries=4000)
+    scene = dict(scene, num_relevancy_labels=1)  # one label, so the drawn label is known
+    valid = scene["valid"]
+    truth = scene["occupancy"][0][valid].mean()
+    assert 0.0 < truth < 0.2
+    for kw in ({"positive_fraction": 0.3}, {"balanced": True}):
+        b = ovssc_batch([scene], np.random.default_rng(1), 300, 1, 200_000, importance_weighted=True, **kw)
+        w, t = b["weight"][0, 0].double(), b["target"][0, 0].double()
+        assert t.mean().item() > 2 * truth  # oversampled ...
+        assert w.mean().item() == pytest.approx(1.0, rel=0.02)  # ... and weighted back
+        assert (w * t).mean().item() == pytest.approx(truth, rel=0.03)
+    uni = ovssc_batch([scene], np.random.default_rng(1), 300, 1, 1000, importance_weighted=True)
+    assert torch.equal(uni["weight"], torch.ones_like(uni["weight"]))
+    plain = ovssc_batch([scene], np.random.default_rng(1), 300, 1, 1000, positive_fraction=0.3)
+    assert "weight" not in plain
+
+
+def test_forward_loss_applies_query_weights():
+    """Unit weights leave the loss unchanged; weights of 2 on one label's queries add that label's terms once more."""
+    import numpy as np
+    from occ_audit_ros.semabs.batching import ovssc_batch
+    from occ_audit_ros.semabs.model import SemAbsConfig, SemAbsOVSSC
+    from occ_audit_ros.semabs.toy import toy_scene
+
+    torch.manual_seed(0)
+    model = SemAbsOVSSC(SemAbsConfig(grid=8, unet_levels=2, unet_f_maps=8, unet_groups=4, point_hidden=16))
+    scenes = [toy_scene(np.random.default_rng(i), num_queries=500) for i in range(2)]
+    batch = ovssc_batch(scenes, np.random.default_rng(0), 200, 2, 300)
+    base = forward_loss(model, "ovssc", batch).item()
+    ones = forward_loss(model, "ovssc", dict(batch, weight=torch.ones_like(batch["target"]))).item()
+    assert ones == pytest.approx(base, rel=1e-6)
+    w = torch.ones_like(batch["target"])
+    w[0, 0] = 2.0
+    with torch.no_grad():
+        logits = model(batch["xyz"], batch["relevancy"], batch["queries"])
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["target"], reduction="none")
+    expected = (bce.sum() + bce[0, 0].sum()).item() / batch["mask"].sum().item()
+    assert forward_loss(model, "ovssc", dict(batch, weight=w)).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_train_device_names_are_checked(tmp_path):

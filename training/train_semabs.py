@@ -140,7 +140,8 @@ def make_batch(task: str, tcfg: dict, scenes: list[dict], rng: np.random.Generat
     if task == "ovssc":
         batch = ovssc_batch(scenes, rng, tcfg["num_input_points"], tcfg["labels_per_scene"], tcfg["num_queries"],
                             balanced=bool(tcfg.get("ovssc_balanced", False)),
-                            positive_fraction=float(tcfg.get("ovssc_positive_fraction", 0.0)))
+                            positive_fraction=float(tcfg.get("ovssc_positive_fraction", 0.0)),
+                            importance_weighted=bool(tcfg.get("ovssc_importance_weighted", False)))
     else:
         batch = vool_batch(scenes, rng, tcfg["num_input_points"], tcfg["descs_per_scene"], tcfg["num_queries"])
     aug = tcfg.get("augment") or {}
@@ -198,6 +199,9 @@ def augment_batch(batch: dict, rng: np.random.Generator, rotation: float, transl
 def forward_loss(model: torch.nn.Module, task: str, batch: dict, amp: str | None = None) -> torch.Tensor:
     """Masked BCE-with-logits over query points (SemAbs Sec. 4). Returns a scalar float32 tensor.
 
+    A batch ``weight`` (B, K, M) (importance weights of :func:`ovssc_batch`) multiplies each query's
+    term; the sum is still divided by the number of unmasked queries (unbiased for the uniform loss).
+
     The batch's tensors are moved to the device of the model's parameters. ``amp="bf16"`` runs the
     forward pass under bfloat16 autocast (``train.amp``); the loss is computed in float32.
 
@@ -216,7 +220,8 @@ def forward_loss(model: torch.nn.Module, task: str, batch: dict, amp: str | None
                            batch["queries"])
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["target"], reduction="none")
     mask = batch["mask"].float()
-    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+    weighted = loss * batch["weight"] if "weight" in batch else loss  # importance weights (ovssc_batch)
+    return (weighted * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 @torch.no_grad()
@@ -303,8 +308,9 @@ def train(cfg: dict, progress: bool = True) -> dict:
     stored in the checkpoint's ``train_state`` and reused on resume. ``train.export_weights`` also writes
     ``<out_dir>/weights.safetensors`` (weights only) at the end. ``train.init_weights``: a checkpoint whose
     weights start the run (fine-tuning; fresh optimiser and schedule; ignored once ``last.safetensors``
-    exists). ``train.ovssc_positive_fraction`` / ``train.ovssc_balanced``: OVSSC query sampling
-    (:func:`occ_audit_ros.semabs.batching.ovssc_batch`; default uniform as in the paper).
+    exists). ``train.ovssc_positive_fraction`` / ``train.ovssc_balanced`` / ``train.ovssc_importance_weighted``:
+    OVSSC query sampling and its importance weights (:func:`occ_audit_ros.semabs.batching.ovssc_batch`;
+    default uniform as in the paper).
 
     Raises:
         ValueError: ``train.device`` other than cpu / cuda / auto, or cuda without a GPU;

@@ -26,7 +26,12 @@ def num_queried_labels(sample: dict) -> int:
 
 
 def _queries(valid: np.ndarray, occ: np.ndarray, m: int, rng, balanced: bool,
-             positive_fraction: float = 0.0) -> np.ndarray:
+             positive_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``m`` query indices; also return each draw's importance weight p_uniform / p_drawn.
+
+    The weight makes a weighted mean over the draws an unbiased estimate of the mean over uniform
+    draws from the valid queries (1 everywhere when the draws are uniform).
+    """
     idx = np.flatnonzero(valid)
     if len(idx) == 0:
         raise ValueError("a sample has no valid query point")
@@ -34,13 +39,21 @@ def _queries(valid: np.ndarray, occ: np.ndarray, m: int, rng, balanced: bool,
         pos = idx[occ[idx]]
         rest = idx[~occ[idx]] if balanced else idx
         if len(pos) and len(rest):
-            take_pos = rng.random(m) < (0.5 if balanced else positive_fraction)
-            return np.where(take_pos, rng.choice(pos, m), rng.choice(rest, m))
-    return rng.choice(idx, m, replace=len(idx) < m)
+            f = 0.5 if balanced else positive_fraction
+            take_pos = rng.random(m) < f
+            qi = np.where(take_pos, rng.choice(pos, m), rng.choice(rest, m))
+            V, P, R = len(idx), len(pos), len(rest)
+            # probability of drawing index x: f / P (if occupied) + (1 - f) / R (if x is in ``rest``)
+            p_occ = f / P + ((1.0 - f) / R if not balanced else 0.0)
+            p_empty = (1.0 - f) / R
+            w = np.where(occ[qi], (1.0 / V) / p_occ, (1.0 / V) / p_empty)
+            return qi, w.astype(np.float32)
+    return rng.choice(idx, m, replace=len(idx) < m), np.ones(m, np.float32)
 
 
 def ovssc_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: int, labels_per_scene: int,
-                num_queries: int, balanced: bool = False, positive_fraction: float = 0.0) -> dict[str, torch.Tensor]:
+                num_queries: int, balanced: bool = False, positive_fraction: float = 0.0,
+                importance_weighted: bool = False) -> dict[str, torch.Tensor]:
     """Stack OVSSC inputs and targets.
 
     Labels are drawn from each sample's queried label set: its first ``num_relevancy_labels`` labels
@@ -51,16 +64,20 @@ def ovssc_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: i
     ``positive_fraction`` = f > 0 (with ``balanced=False``) draws each query from the label's occupied
     ones with probability f, else uniformly from all valid ones: every label's training prior is at
     least f, while large structures keep (almost) the uniform sampling. Both are our deviations
-    (measured in docs/semabs.md).
+    (measured in docs/semabs.md). ``importance_weighted=True`` adds ``weight`` = p_uniform / p_drawn
+    per query: the weighted loss then has the uniform sampling's expectation (same optimum and logit
+    calibration) with many more occupied queries of small objects per step (stratified sampling for
+    lower gradient variance; our deviation).
 
     Raises:
         ValueError: a sample without any valid query.
 
     Returns:
         ``xyz`` (B, N, 3) float32 [m]; ``relevancy`` (B, K, N) float32; ``queries`` (B, K, M, 3) float32 [m];
-        ``target`` (B, K, M) float32 in {0, 1}; ``mask`` (B, K, M) bool (padding labels are False).
+        ``target`` (B, K, M) float32 in {0, 1}; ``mask`` (B, K, M) bool (padding labels are False);
+        with ``importance_weighted``: ``weight`` (B, K, M) float32 (0 on padding labels).
     """
-    xs, rs, qs, ts, ms = [], [], [], [], []
+    xs, rs, qs, ts, ms, ws = [], [], [], [], [], []
     for s in samples:
         L = num_queried_labels(s)
         chosen = rng.choice(L, min(L, labels_per_scene), replace=False)
@@ -69,14 +86,18 @@ def ovssc_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: i
         q = np.zeros((labels_per_scene, num_queries, 3), np.float32)
         t = np.zeros((labels_per_scene, num_queries), np.float32)
         m = np.zeros((labels_per_scene, num_queries), bool)
+        w = np.zeros((labels_per_scene, num_queries), np.float32)
         for k, lab in enumerate(chosen):
             r[k] = rel[k]
-            qi = _queries(s["valid"], s["occupancy"][lab], num_queries, rng, balanced, positive_fraction)
+            qi, w[k] = _queries(s["valid"], s["occupancy"][lab], num_queries, rng, balanced, positive_fraction)
             q[k], t[k], m[k] = s["queries"][qi], s["occupancy"][lab][qi], True
-        xs.append(xyz), rs.append(r), qs.append(q), ts.append(t), ms.append(m)
-    return {"xyz": torch.from_numpy(np.stack(xs)), "relevancy": torch.from_numpy(np.stack(rs)),
-            "queries": torch.from_numpy(np.stack(qs)), "target": torch.from_numpy(np.stack(ts)),
-            "mask": torch.from_numpy(np.stack(ms))}
+        xs.append(xyz), rs.append(r), qs.append(q), ts.append(t), ms.append(m), ws.append(w)
+    out = {"xyz": torch.from_numpy(np.stack(xs)), "relevancy": torch.from_numpy(np.stack(rs)),
+           "queries": torch.from_numpy(np.stack(qs)), "target": torch.from_numpy(np.stack(ts)),
+           "mask": torch.from_numpy(np.stack(ms))}
+    if importance_weighted:
+        out["weight"] = torch.from_numpy(np.stack(ws))
+    return out
 
 
 def vool_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: int, descs_per_scene: int,
@@ -104,7 +125,7 @@ def vool_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: in
             ti, relation, ri = s["descriptions"][d]
             tr[k], rr[k], rel_ids[k] = rel[ti], rel[ri], RELATIONS.index(relation)
             occ = s["vool_occupancy"][d]
-            qi = _queries(s["valid"], occ, num_queries, rng, balanced)
+            qi, _ = _queries(s["valid"], occ, num_queries, rng, balanced)
             q[k], t[k], m[k] = s["queries"][qi], occ[qi], True
         for key, val in zip(out, (xyz, tr, rr, rel_ids, q, t, m)):
             out[key].append(val)
