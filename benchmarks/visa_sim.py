@@ -61,7 +61,9 @@ def run_table(accuracies) -> dict:
             "tax_only": ("default", True, (t, 0, 0)), "attr_only": ("default", True, (0, a, 0)),
             "graph_only": ("default", True, (0, 0, g)), "no_tax": ("default", True, (0, a, g)),
             "no_attr": ("default", True, (t, 0, g)), "no_graph": ("default", True, (t, a, 0)),
-            "no_reliability": ("default", False, LAMBDAS)}
+            "no_reliability": ("default", False, LAMBDAS),
+            # diagnostic (session 4): the taxonomy term alone without reliability weighting
+            "tax_only_nw": ("default", False, (t, 0, 0))}
     for acc in accuracies:
         k = f"acc{round(acc * 100)}"
         runs[f"{k}_w"] = (k, True, LAMBDAS)
@@ -586,7 +588,7 @@ def report(args) -> int:
     import matplotlib.pyplot as plt
 
     abl = [n for n in ("baseline", "visa", "tax_only", "attr_only", "graph_only", "no_tax", "no_attr", "no_graph",
-                       "no_reliability") if n in by]
+                       "no_reliability", "tax_only_nw") if n in by]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, (k, t) in zip(axes, metrics):
         m = [summary[(n, k)][0] for n in abl]
