@@ -134,10 +134,18 @@ def test_qos_override_and_incompatible_qos_events(ros, capfd):
     peer.create_publisher(tf_message_type(), "/tf_static", QoSProfile(depth=1, durability=DurabilityPolicy.VOLATILE))
     peer.create_subscription(SemanticVoxelGrid, "/semantic_voxels", lambda m: None,
                              QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-    assert wait_until(lambda: node.counters["qos_incompatible"] >= 3, 15.0), node.counters
-    err = capfd.readouterr().err
-    for topic in ("/cam_front/image_raw", "/tf_static", "semantic_voxels"):
-        assert f"incompatible QoS on {topic}" in err, err[-3000:]
+    # The three events arrive in any order and the counter can reach 3 before the last topic's line is
+    # written (CI once read stderr between the two), so stderr is collected until every line is there.
+    topics = ("/cam_front/image_raw", "/tf_static", "semantic_voxels")
+    err = ""
+
+    def all_logged() -> bool:
+        nonlocal err
+        err += capfd.readouterr().err
+        return all(f"incompatible QoS on {topic}" in err for topic in topics)
+
+    assert wait_until(all_logged, 15.0), (node.counters, err[-3000:])
+    assert node.counters["qos_incompatible"] >= 3, node.counters
     assert "RELIABILITY" in err and "DURABILITY" in err
 
 
