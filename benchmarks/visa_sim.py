@@ -260,7 +260,7 @@ def train_and_eval(name, spec, seed, steps, meta, cfg, samples, tensors, text, w
     import train_ago
     from occ_audit_ros.ago.classes import load_class_config
     from occ_audit_ros.ago.data import training_vocabulary
-    from occ_audit_ros.ago.metrics import OccConfusion, geometric_iou, iou_per_class, mean_iou
+    from occ_audit_ros.ago.metrics import OccConfusion
     from occ_audit_ros.ago.model import ago_losses, build_model
     from occ_audit_ros.ago.prompts import NoiseSampler, TextBank, encode_vocabulary
     from occ_audit_ros.visa.ago_hook import VisaExtraLoss
@@ -320,13 +320,21 @@ def train_and_eval(name, spec, seed, steps, meta, cfg, samples, tensors, text, w
             s = samples[tok]
             pred = model.predict(s["images"][None], [s["geom"]], bank, s["depth"][None], "entropy")["labels"][0]
             conf.update(pred.cpu().numpy(), s["semantics"].cpu().numpy(), s["mask_camera"].cpu().numpy())
-    m = conf.matrix
+    return run_record(name, seed, steps, conf.matrix, ccfg, rare_ids, model, sums, t_train, t0)
+
+
+def run_record(name, seed, steps, m, ccfg, rare_ids, model, final_losses, t_train, t0, **extra) -> dict:
+    """One run's line of results.jsonl (both loops): mIoU, object / rare mIoU, geometric IoU and
+    per-class IoU in %, the validation confusion matrix ``m`` (18 x 18 counts), the learned logit
+    scale, the last losses and the times (``t0``: the run's start, time.time())."""
+    from occ_audit_ros.ago.metrics import geometric_iou, iou_per_class, mean_iou
+
     iou = iou_per_class(m)
-    return {"run": name, "seed": seed, "steps": steps, "miou": mean_iou(m, range(17)) * 100,
+    return {"run": name, "seed": seed, "steps": steps, **extra, "miou": mean_iou(m, range(17)) * 100,
             "object_miou": mean_iou(m, ccfg.object_classes) * 100, "rare_miou": mean_iou(m, rare_ids) * 100,
             "geo_iou": geometric_iou(m) * 100,
             "iou": {ccfg.classes[i]: (None if not np.isfinite(iou[i]) else float(iou[i] * 100)) for i in range(17)},
-            "final_losses": sums, "train_s": t_train, "total_s": time.time() - t0,
+            "final_losses": final_losses, "train_s": t_train, "total_s": time.time() - t0,
             "confusion": np.asarray(m).tolist(), "logit_scale": _logit_scale(model)}
 
 
@@ -371,7 +379,6 @@ def trainer_run(name, spec, seed, steps, files, cache: Path, out: Path, device, 
     switch (``visa.targets`` = the run's audit set, λ's from the run table); evaluation =
     ``train_ago.evaluate`` of the final checkpoint on the validation samples."""
     import train_ago
-    from occ_audit_ros.ago.metrics import geometric_iou, iou_per_class, mean_iou
 
     t0 = time.time()
     cfg = train_ago.load_config(AGO_CONFIG)
@@ -392,17 +399,11 @@ def trainer_run(name, spec, seed, steps, files, cache: Path, out: Path, device, 
     trained = r["trained"]
     ccfg = trained["class_config"]
     m = train_ago.evaluate(trained["model"], val_samples, trained["bank"], trained["label_map"]).matrix
-    iou = iou_per_class(m)
     last = {}
     logp = Path(r["log"])
     if logp.is_file():
         last = json.loads(logp.read_text().splitlines()[-1])
-    return {"run": name, "seed": seed, "steps": steps, "loop": "train_ago", "miou": mean_iou(m, range(17)) * 100,
-            "object_miou": mean_iou(m, ccfg.object_classes) * 100, "rare_miou": mean_iou(m, rare_ids) * 100,
-            "geo_iou": geometric_iou(m) * 100,
-            "iou": {ccfg.classes[i]: (None if not np.isfinite(iou[i]) else float(iou[i] * 100)) for i in range(17)},
-            "final_losses": last, "train_s": t_train, "total_s": time.time() - t0,
-            "confusion": np.asarray(m).tolist(), "logit_scale": _logit_scale(trained["model"])}
+    return run_record(name, seed, steps, m, ccfg, rare_ids, trained["model"], last, t_train, t0, loop="train_ago")
 
 
 def worker(args) -> int:
