@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from occ_audit_ros.semabs.checkpoint import load_checkpoint, save_checkpoint
-from occ_audit_ros.semabs.model import (RELATIONS, SemAbsConfig, SemAbsOVSSC, SemAbsVOOL, ovssc_argmax, relation_ids,
-                                        sample_grid)
+from occ_audit_ros.semabs.baselines import relevancy_cloud_scores
+from occ_audit_ros.semabs.model import (RELATIONS, SemAbsConfig, SemAbsOVSSC, SemAbsVOOL, cell_relevancy, ovssc_argmax,
+                                        relation_ids, sample_grid)
 from occ_audit_ros.semabs.pointcloud import Workspace
 from occ_audit_ros.semabs.unet3d import ResidualUNet3D
 
@@ -132,3 +133,63 @@ def test_checkpoint_round_trip(tmp_path):
     assert s1.keys() == s2.keys() and all(torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1)
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_cell_relevancy_against_brute_force_and_the_baseline():
+    """The decoder's skip input: per query the max relevancy of its label's points in the query's cell, 0 and
+    flag 0 for cells without points or queries outside the box; equals the OVSSC baseline's score."""
+    rng = np.random.default_rng(3)
+    ws = Workspace((-1.0, -1.0, -0.1), (1.0, 1.0, 1.9))
+    G, B, L, N, M = 4, 2, 3, 60, 80
+    lo, up = np.array(ws.lower), np.array(ws.upper)
+    xyz = rng.uniform(lo - 0.2, up + 0.2, (B, N, 3))            # some points outside the box
+    rel = rng.normal(size=(B, L, N))
+    q = rng.uniform(lo - 0.2, up + 0.2, (B, L, M, 3))
+    out = cell_relevancy(torch.from_numpy(xyz), torch.from_numpy(rel), torch.from_numpy(q), ws, G).numpy()
+    assert out.shape == (B, L, M, 2)
+
+    def cell(p):
+        return tuple(np.clip(np.floor((p - lo) / (up - lo) * G), 0, G - 1).astype(int))
+
+    def inside(p):
+        return bool(np.all((p >= lo) & (p <= up)))
+
+    for b in range(B):
+        for k in range(L):
+            for m in range(M):
+                vals = [rel[b, k, n] for n in range(N) if inside(xyz[b, n]) and cell(xyz[b, n]) == cell(q[b, k, m])]
+                if vals and inside(q[b, k, m]):
+                    assert out[b, k, m, 1] == 1.0 and out[b, k, m, 0] == pytest.approx(max(vals))
+                else:
+                    assert out[b, k, m, 1] == 0.0 and out[b, k, m, 0] == 0.0
+            keep = ws.contains(xyz[b])
+            base = relevancy_cloud_scores(xyz[b][keep], rel[b, k][keep], q[b, k], ws, G)
+            has = np.isfinite(base)
+            np.testing.assert_array_equal(out[b, k, :, 1] == 1.0, has)
+            np.testing.assert_allclose(out[b, k, has, 0], base[has])
+
+
+def test_relevancy_skip_is_an_ovssc_decoder_input():
+    """With ``relevancy_skip`` the decoder takes 2 more inputs and the logit at a query depends on the
+    relevancy of the points in its cell; VOOL refuses the option; decode checks the skip features."""
+    torch.manual_seed(0)
+    cfg = SemAbsConfig(**SMALL, relevancy_skip=True)
+    net = SemAbsOVSSC(cfg).eval()
+    assert net.decoder[0].in_features == cfg.feat_dim + 3 + 2
+    xyz = torch.tensor([[[0.3, 0.3, 0.5]] * 4 + [[-0.7, -0.7, 1.5]] * 4])          # (1, 8, 3)
+    rel = torch.zeros(1, 1, 8)
+    q = torch.tensor([[[0.31, 0.31, 0.51], [-0.5, 0.6, 0.2]]])                       # first in the points' cell
+    vol = net.encode(xyz, rel)
+    skip = cell_relevancy(xyz, rel, q[:, None], cfg.workspace, cfg.grid).reshape(1, 2, 2)
+    assert skip.tolist() == [[[0.0, 1.0], [0.0, 0.0]]]
+    torch.testing.assert_close(net(xyz, rel, q)[0], net.decode(vol, q, skip))
+    moved = skip.clone()
+    moved[0, 0, 0] = 1.0          # the first query's cell relevancy, U-Net features unchanged
+    delta = net.decode(vol, q, moved) - net.decode(vol, q, skip)
+    assert delta[0, 0].abs() > 1e-4 and delta[0, 1] == 0
+    with pytest.raises(ValueError, match="relevancy_skip"):
+        SemAbsVOOL(cfg)
+    with pytest.raises(ValueError, match="skip features missing"):
+        net.decode(vol, q)
+    with pytest.raises(ValueError, match="skip features given"):
+        SemAbsOVSSC(SemAbsConfig(**SMALL)).decode(vol, q, torch.zeros(1, 2, 2))

@@ -86,6 +86,11 @@ def test_init_weights_fine_tunes_from_a_checkpoint(tmp_path):
     expected = forward_loss(model, "ovssc", batch).item()
     assert s_ft["losses"][0] == pytest.approx(expected, rel=1e-5)
     assert s_fresh["losses"][0] != pytest.approx(expected, rel=1e-3)
+    # the same network widened with the decoder's relevancy skip (zero columns) starts at the same loss
+    skip = load_config(str(ROOT / "config/semabs_cpu.yaml"),
+                       base + [f"out_dir={tmp_path / 'skip'}", "train.max_steps=1", "train.warmup_steps=0",
+                               f"train.init_weights={tmp_path / 'src/last.safetensors'}", "model.relevancy_skip=true"])
+    assert train(skip, progress=False)["losses"][0] == pytest.approx(expected, rel=1e-5)
     bad = copy.deepcopy(ft)
     bad["out_dir"] = str(tmp_path / "bad")
     bad["model"]["unet_f_maps"] = 16

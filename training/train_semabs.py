@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -132,6 +133,23 @@ class SceneSet:
             rng = np.random.default_rng([self.cfg["seed"], self.SPLIT_OFFSET[self.split] + i])
             self._cache[i] = toy_scene(rng, self.mcfg.workspace, **self.cfg["data"].get("toy", {}))
         return self._cache[i]
+
+
+def with_relevancy_skip(state: dict) -> dict:
+    """An OVSSC state dict widened for ``SemAbsConfig.relevancy_skip``: the decoder's first Linear gets two
+    zero input columns (cell relevancy, cell occupied), so the widened network computes exactly the
+    source network's logits until training moves those weights.
+
+    Args:
+        state: ``SemAbsOVSSC.state_dict()`` without the skip (``decoder.0.weight`` (D, D + 3)).
+
+    Returns:
+        a new dict; ``decoder.0.weight`` (D, D + 5), every other tensor shared.
+    """
+    out = dict(state)
+    w = state["decoder.0.weight"]
+    out["decoder.0.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 2)], dim=1)
+    return out
 
 
 def make_batch(task: str, tcfg: dict, scenes: list[dict], rng: np.random.Generator, workspace=None) -> dict:
@@ -353,10 +371,14 @@ def train(cfg: dict, progress: bool = True) -> dict:
     if init and not last.is_file():
         # fine-tuning: weights only (the optimiser and schedule start fresh); a resume ignores this
         source, init_task, init_cfg, _, _ = load_checkpoint(init)
-        if init_task != task or init_cfg != mcfg:
+        state = source.state_dict()
+        if (task == "ovssc" and init_task == task and mcfg.relevancy_skip and not init_cfg.relevancy_skip
+                and dataclasses.replace(init_cfg, relevancy_skip=True) == mcfg):
+            state = with_relevancy_skip(state)
+        elif init_task != task or init_cfg != mcfg:
             raise ValueError(f"train.init_weights {init}: task/model config {init_task}/{init_cfg} differ from "
                              f"this run's {task}/{mcfg}")
-        model.load_state_dict(source.state_dict())
+        model.load_state_dict(state)
     if last.is_file():
         _, _, _, state, _ = load_checkpoint(last, optimizer=opt, model=model)
         step = int(state["step"])

@@ -7,7 +7,8 @@ Data flow (design notes Sec. 3), per label (OVSSC) or per description (VOOL):
 3. f_encode: residual 3D U-Net -> Z in R^{D x G^3};
 4. f_decode: trilinear ``grid_sample`` of Z at the query q (align_corners=True, border padding),
    concatenated with the normalised coordinate of q, then Linear(D+3, D) -> LeakyReLU -> Linear(D, 1)
-   gives the occupancy logit (OVSSC);
+   gives the occupancy logit (OVSSC); with ``relevancy_skip`` (our deviation, off by default) the MLP
+   also gets the query's cell relevancy (:func:`cell_relevancy`);
 5. VOOL: Z_target and Z_ref from the same encoder are concatenated (2D channels), sampled at q with the
    coordinate, Linear(2D+3, 2D) -> LeakyReLU -> Linear(2D, P) (P = 64); the logit is
    cos(phi_q, e_relation) / 0.07 with one learned P-d embedding per spatial relation.
@@ -25,8 +26,8 @@ from torch import nn
 from .pointcloud import Workspace, normalise_queries, scatter_max_grid
 from .unet3d import ResidualUNet3D
 
-__all__ = ["RELATIONS", "SemAbsConfig", "PointEncoder", "CompletionEncoder", "sample_grid", "ImplicitDecoder",
-           "SemAbsOVSSC", "SemAbsVOOL", "ovssc_argmax", "relation_ids"]
+__all__ = ["RELATIONS", "SemAbsConfig", "PointEncoder", "CompletionEncoder", "sample_grid", "cell_relevancy",
+           "ImplicitDecoder", "SemAbsOVSSC", "SemAbsVOOL", "ovssc_argmax", "relation_ids"]
 
 #: VOOL spatial relations (paper Sec. 3.4) and the padding token, in embedding-row order.
 RELATIONS: tuple[str, ...] = ("in", "on", "behind", "in front of", "on the left of", "on the right of", "[pad]")
@@ -61,6 +62,9 @@ class SemAbsConfig:
         reference_query_scaling: reproduce the reference decoder's query normalisation (divides by G,
             not G - 1) [False here; True reproduces the released code].
         pointing_dim: VOOL pointing embedding size P [64]; temperature: cosine temperature [0.07].
+        relevancy_skip: OVSSC only, our deviation [False]: the decoder MLP also receives the
+            query's :func:`cell_relevancy` (2 more inputs), a direct path for the raw relevancy that the
+            U-Net's smoothing loses on objects of one or two cells. VOOL raises ValueError with it.
     """
 
     lower: tuple[float, float, float] = (-1.0, -1.0, -0.1)
@@ -75,6 +79,7 @@ class SemAbsConfig:
     reference_query_scaling: bool = False
     pointing_dim: int = 64
     temperature: float = 0.07
+    relevancy_skip: bool = False
 
     def __post_init__(self) -> None:
         self.lower = tuple(float(v) for v in self.lower)
@@ -175,11 +180,51 @@ def sample_grid(volume: torch.Tensor, queries: torch.Tensor, workspace: Workspac
     return torch.cat([out, g], dim=-1) if concat_xyz else out
 
 
-class ImplicitDecoder(nn.Sequential):
-    """Linear(C [+3], C) -> LeakyReLU -> Linear(C, out) (SemAbs "2-layer MLP" decoders)."""
+def cell_relevancy(xyz: torch.Tensor, relevancy: torch.Tensor, queries: torch.Tensor, workspace: Workspace,
+                   grid: int) -> torch.Tensor:
+    """Per query, the largest relevancy of its label among the input points in the query's cell.
 
-    def __init__(self, channels: int, out: int, concat_xyz: bool = True) -> None:
-        super().__init__(nn.Linear(channels + 3 * int(concat_xyz), channels), nn.LeakyReLU(), nn.Linear(channels, out))
+    Cells split the workspace into ``grid``^3 boxes, cell ``floor((p - lower) / (upper - lower) * grid)``
+    (clamped; the convention of :func:`.metrics.voxel_max`, so with grid 32 these are the evaluation
+    cells). It is the OVSSC baseline's score (:func:`.baselines.relevancy_cloud_scores`) as a network
+    input. Our deviation from SemAbs (``SemAbsConfig.relevancy_skip``); carries no gradient.
+
+    Args:
+        xyz: (B, N, 3) float input points in the workspace frame [m]; points outside the box are ignored.
+        relevancy: (B, L, N) float relevancy per label (unitless).
+        queries: (B, L, M, 3) float query points [m].
+        workspace: the box; grid: cells per axis.
+
+    Returns:
+        (B, L, M, 2) float: [cell relevancy (0 where the cell holds no input point), 1.0 if it holds one].
+    """
+    B, L, N = relevancy.shape
+    lo, up = workspace.tensors(xyz.device, xyz.dtype)
+
+    def cell(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inside = ((p >= lo) & (p <= up)).all(-1)
+        ijk = ((p - lo) / (up - lo) * grid).floor().clamp(0, grid - 1).long()
+        return (ijk[..., 0] * grid + ijk[..., 1]) * grid + ijk[..., 2], inside
+
+    pc, p_in = cell(xyz.detach())                                     # (B, N)
+    r = torch.where(p_in[:, None], relevancy.detach(), torch.full_like(relevancy, float("-inf")))
+    vox = torch.full((B, L, grid ** 3), float("-inf"), device=r.device, dtype=r.dtype)
+    vox = vox.scatter_reduce(2, pc[:, None].expand(B, L, N), r, reduce="amax", include_self=True)
+    qc, q_in = cell(queries.detach())                                 # (B, L, M)
+    rq = vox.gather(2, qc.reshape(B, L, -1))
+    has = torch.isfinite(rq) & q_in.reshape(B, L, -1)
+    return torch.stack([torch.where(has, rq, torch.zeros_like(rq)), has.to(rq.dtype)], dim=-1)
+
+
+class ImplicitDecoder(nn.Sequential):
+    """Linear(C [+3] [+extra], C) -> LeakyReLU -> Linear(C, out) (SemAbs "2-layer MLP" decoders).
+
+    ``extra`` inputs (default 0) are appended after the features and the coordinate.
+    """
+
+    def __init__(self, channels: int, out: int, concat_xyz: bool = True, extra: int = 0) -> None:
+        super().__init__(nn.Linear(channels + 3 * int(concat_xyz) + extra, channels), nn.LeakyReLU(),
+                         nn.Linear(channels, out))
 
 
 class SemAbsOVSSC(nn.Module):
@@ -193,16 +238,22 @@ class SemAbsOVSSC(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = CompletionEncoder(config)
-        self.decoder = ImplicitDecoder(config.feat_dim, 1, config.concat_xyz)
+        self.decoder = ImplicitDecoder(config.feat_dim, 1, config.concat_xyz, 2 * int(config.relevancy_skip))
 
     def encode(self, xyz: torch.Tensor, relevancy: torch.Tensor) -> torch.Tensor:
         """(B, N, 3), (B, L, N) -> (B * L, D, G, G, G) feature volumes (see :class:`CompletionEncoder`)."""
         return self.encoder(xyz, relevancy)
 
-    def decode(self, volume: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """(B', D, G, G, G) volumes, (B', M, 3) queries [m] -> (B', M) occupancy logits."""
+    def decode(self, volume: torch.Tensor, queries: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """(B', D, G, G, G) volumes, (B', M, 3) queries [m] [, (B', M, 2) :func:`cell_relevancy`] -> (B', M)
+        occupancy logits. Raises ValueError when ``skip`` is missing or extra for ``relevancy_skip``."""
+        if (skip is not None) != self.config.relevancy_skip:
+            raise ValueError(f"relevancy_skip={self.config.relevancy_skip} but skip features "
+                             f"{'given' if skip is not None else 'missing'}")
         f = sample_grid(volume, queries, self.config.workspace, self.config.concat_xyz,
                         self.config.reference_query_scaling)
+        if skip is not None:
+            f = torch.cat([f, skip.to(f.dtype)], dim=-1)
         return self.decoder(f).squeeze(-1)
 
     def forward(self, xyz: torch.Tensor, relevancy: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
@@ -220,7 +271,11 @@ class SemAbsOVSSC(nn.Module):
         if queries.ndim == 3:
             queries = queries[:, None].expand(B, L, *queries.shape[1:])
         vol = self.encode(xyz, relevancy)
-        return self.decode(vol, queries.reshape(B * L, -1, 3)).reshape(B, L, -1)
+        skip = None
+        if self.config.relevancy_skip:
+            skip = cell_relevancy(xyz, relevancy, queries, self.config.workspace, self.config.grid)
+            skip = skip.reshape(B * L, -1, 2)
+        return self.decode(vol, queries.reshape(B * L, -1, 3), skip).reshape(B, L, -1)
 
 
 class SemAbsVOOL(nn.Module):
@@ -228,10 +283,15 @@ class SemAbsVOOL(nn.Module):
 
     Args:
         config: :class:`SemAbsConfig` (``pointing_dim``, ``temperature`` are used here).
+
+    Raises:
+        ValueError: when ``config.relevancy_skip`` is set (an OVSSC-only option).
     """
 
     def __init__(self, config: SemAbsConfig) -> None:
         super().__init__()
+        if config.relevancy_skip:
+            raise ValueError("relevancy_skip is an OVSSC option; the VOOL head has no cell-relevancy input")
         self.config = config
         self.encoder = CompletionEncoder(config)
         self.spatial_decoder = ImplicitDecoder(2 * config.feat_dim, config.pointing_dim, config.concat_xyz)
