@@ -4,9 +4,14 @@ Protocol (SemAbs Sec. 4, design notes Sec. 6): binary IoU per (view, label) for 
 description) for VOOL after max-pooling query predictions into 32^3 cells (queries outside the camera
 frustum ignored); one cutoff per method chosen on the validation split (network: the reference sweep of
 logits [-2.5, -0.1]; baselines: 40 quantiles of their scores), then applied unchanged to every test
-split. Aggregation here: plain mean over items (the paper averages per room / per label first).
-Baselines: OVSSC - the relevancy cloud thresholded; VOOL - the reference cloud shifted 0.3 m along
-the relation direction. The relevancy is SIMULATED (occ_audit_ros.sim.relevancy_sim), not CLIP.
+split. Aggregation: plain mean over items. OVSSC is also scored under the reference protocol
+(``summarize.py`` / dataset code of SemAbs), with its own cutoff chosen on val: items are only the labels
+whose object occupies an in-frustum query (the reference also asks that it be visible in the view's
+segmentation; on our five splits the two sets are identical, checked against the shards), and the mean is
+taken per room first (val, novel scene, novel shape; one view per simulated scene) or per label first
+(novel class, novel synonym). Baselines: OVSSC - the relevancy cloud thresholded; VOOL - the reference
+cloud shifted 0.3 m along the relation direction. The relevancy is SIMULATED
+(occ_audit_ros.sim.relevancy_sim), not CLIP.
 
 Usage:
     python benchmarks/semabs_sim.py --config config/semabs_sim_cpu.yaml --checkpoints runs/a/last.safetensors [...]
@@ -63,6 +68,37 @@ def score(items: list[tuple], cutoffs) -> tuple[np.ndarray, list[str]]:
     return table, names
 
 
+#: Reference aggregation per split: mean per room, then over rooms; or per label, then over labels.
+REFERENCE_AGGREGATION = {"novel_class": "label", "novel_synonym": "label"}
+
+
+def reference_mean(values: np.ndarray, names: list[str], rooms: list[int], split: str) -> float:
+    """SemAbs ``summarize.py`` aggregation of per-item IoUs (NaN items skipped): the mean per room (or per
+    label for novel class / synonym), then the mean of those; NaN when nothing is defined."""
+    keys = names if REFERENCE_AGGREGATION.get(split, "room") == "label" else rooms
+    groups = {}
+    for v, k in zip(values, keys):
+        if np.isfinite(v):
+            groups.setdefault(k, []).append(v)
+    return float(np.mean([np.mean(g) for g in groups.values()])) if groups else float("nan")
+
+
+def reference_rows(items: list[tuple]) -> np.ndarray:
+    """(items,) bool: OVSSC items the reference protocol scores (the label's object occupies an in-frustum
+    query; item targets hold the in-frustum queries only)."""
+    return np.array([bool(np.any(it[3])) for it in items])
+
+
+def split_items(make, scenes) -> tuple[list[tuple], list[int]]:
+    """Items of every scene of a split and the scene (room) index of each."""
+    items, rooms = [], []
+    for i in range(len(scenes)):
+        got = make(scenes[i])
+        items += got
+        rooms += [i] * len(got)
+    return items, rooms
+
+
 def summarise(table, names, col) -> dict:
     vals = table[:, col]
     per = {}
@@ -90,35 +126,54 @@ def main(argv=None) -> int:
     cutoffs = np.round(np.arange(-10.0, 6.01, 0.25), 6) if args.wide else REFERENCE_CUTOFFS
     task = None
     results = {"network": [], "baseline": None}
-    # baseline (deterministic): cutoffs from quantiles of its validation scores
+
+    def scored(split, items, rms, cols, val_cut=None):
+        """Per-split results: all items (item mean) and, for OVSSC, the reference protocol."""
+        table, names = score(items, cols)
+        if val_cut is None:  # validation: choose both cutoffs
+            cut, _ = choose_cutoff(table, cols)
+            out = summarise(table, names, int(np.argmin(np.abs(np.asarray(cols) - cut)))) | {"cutoff": float(cut)}
+        else:
+            out = summarise(table, names, 0)
+        if task == "ovssc":
+            keep = reference_rows(items)
+            sub_names = [n for n, k in zip(names, keep) if k]
+            sub_rooms = [r for r, k in zip(rms, keep) if k]
+            means = [reference_mean(table[keep, j], sub_names, sub_rooms, split) for j in range(table.shape[1])]
+            if val_cut is None:
+                j = int(np.nanargmax(means))
+                ref = {"cutoff": float(np.asarray(cols)[j])}
+            else:
+                j = 1
+                ref = {}
+            out["reference"] = ref | {"mean": means[j], "items": int(keep.sum()),
+                                      "per_name": summarise(table[keep], sub_names, j)["per_name"]}
+        return out
+
     for ck in args.checkpoints:
         model, task, _, _, _ = load_checkpoint(ck)
         model.to(device)
         rng = np.random.default_rng([cfg["seed"], 7])
         per_split = {}
-        val_items = [it for i in range(len(sets["val"])) for it in predict_items(model, task, sets["val"][i],
-                                                                                  cfg["eval"]["num_input_points"], rng)]
-        table, names = score(val_items, cutoffs)
-        cut, _ = choose_cutoff(table, cutoffs)
-        col = int(np.argmin(np.abs(cutoffs - cut)))
-        per_split["val"] = summarise(table, names, col) | {"cutoff": cut}
+        pred = lambda sc: predict_items(model, task, sc, cfg["eval"]["num_input_points"], rng)  # noqa: E731
+        val_items, val_rooms = split_items(pred, sets["val"])
+        per_split["val"] = scored("val", val_items, val_rooms, cutoffs)
+        cuts = [per_split["val"]["cutoff"]] + ([per_split["val"]["reference"]["cutoff"]] if task == "ovssc" else [])
         for s in splits[1:]:
-            items = [it for i in range(len(sets[s])) for it in predict_items(model, task, sets[s][i],
-                                                                              cfg["eval"]["num_input_points"], rng)]
-            t, n = score(items, [cut])
-            per_split[s] = summarise(t, n, 0)
+            items, rms = split_items(pred, sets[s])
+            per_split[s] = scored(s, items, rms, cuts, val_cut=cuts)
         results["network"].append(per_split)
-    base_val = [it for i in range(len(sets["val"])) for it in baseline_items(task, sets["val"][i], args.shift)]
+    # baseline (deterministic): cutoffs from quantiles of its validation scores
+    base = lambda sc: baseline_items(task, sc, args.shift)  # noqa: E731
+    base_val, base_rooms = split_items(base, sets["val"])
     finite = np.concatenate([it[2][np.isfinite(it[2])] for it in base_val])
     bcuts = np.unique(np.quantile(finite, np.linspace(0.0, 0.995, 40)))
-    table, names = score(base_val, bcuts)
-    bcut, _ = choose_cutoff(table, bcuts)
-    col = int(np.argmin(np.abs(bcuts - bcut)))
-    results["baseline"] = {"val": summarise(table, names, col) | {"cutoff": float(bcut)}}
+    results["baseline"] = {"val": scored("val", base_val, base_rooms, bcuts)}
+    bc = [results["baseline"]["val"]["cutoff"]] + ([results["baseline"]["val"]["reference"]["cutoff"]]
+                                                   if task == "ovssc" else [])
     for s in splits[1:]:
-        items = [it for i in range(len(sets[s])) for it in baseline_items(task, sets[s][i], args.shift)]
-        t, n = score(items, [bcut])
-        results["baseline"][s] = summarise(t, n, 0)
+        items, rms = split_items(base, sets[s])
+        results["baseline"][s] = scored(s, items, rms, bc, val_cut=bc)
     # table
     print(f"task={task} checkpoints={len(args.checkpoints)} (IoU %, 32^3, cutoff chosen on val; network cutoffs "
           f"{cutoffs[0]}..{cutoffs[-1]}, chosen {[r['val']['cutoff'] for r in results['network']]}; "
@@ -131,6 +186,18 @@ def main(argv=None) -> int:
         print(f"{s:<15}{vals.mean():>12.1f} ± {vals.std():<5.1f}{b:>10.1f}{vals.mean() / max(b, 1e-9):>8.2f}")
         out[f"{s}_net"] = round(float(vals.mean()), 2)
         out[f"{s}_base"] = round(float(b), 2)
+    if task == "ovssc":
+        print(f"reference protocol (labels present in the frustum; per room, per label for novel class / synonym; "
+              f"own val cutoffs {[r['val']['reference']['cutoff'] for r in results['network']]}, baseline "
+              f"{results['baseline']['val']['reference']['cutoff']:.3f})")
+        print(f"{'split':<15}{'network mean±std':>20}{'baseline':>10}{'ratio':>8}{'items':>7}")
+        for s in splits:
+            vals = np.array([r[s]["reference"]["mean"] for r in results["network"]]) * 100
+            b = results["baseline"][s]["reference"]["mean"] * 100
+            print(f"{s:<15}{vals.mean():>12.1f} ± {vals.std():<5.1f}{b:>10.1f}{vals.mean() / max(b, 1e-9):>8.2f}"
+                  f"{results['baseline'][s]['reference']['items']:>7}")
+            out[f"{s}_net_ref"] = round(float(vals.mean()), 2)
+            out[f"{s}_base_ref"] = round(float(b), 2)
     if task == "vool":
         rels = sorted(results["baseline"][splits[-1]]["per_name"])
         for s in splits:

@@ -170,10 +170,11 @@ def test_cell_relevancy_against_brute_force_and_the_baseline():
 
 
 def test_relevancy_skip_is_an_ovssc_decoder_input():
-    """With ``relevancy_skip`` the decoder takes 2 more inputs and the logit at a query depends on the
-    relevancy of the points in its cell; VOOL refuses the option; decode checks the skip features."""
+    """With ``relevancy_skip`` the decoder takes 2 more inputs (the cell relevancy times
+    ``relevancy_skip_scale``) and the logit at a query depends on the relevancy of the points in its cell;
+    VOOL refuses the option; decode checks the skip features."""
     torch.manual_seed(0)
-    cfg = SemAbsConfig(**SMALL, relevancy_skip=True)
+    cfg = SemAbsConfig(**SMALL, relevancy_skip=True, relevancy_skip_scale=3.0)
     net = SemAbsOVSSC(cfg).eval()
     assert net.decoder[0].in_features == cfg.feat_dim + 3 + 2
     xyz = torch.tensor([[[0.3, 0.3, 0.5]] * 4 + [[-0.7, -0.7, 1.5]] * 4])          # (1, 8, 3)
@@ -182,7 +183,7 @@ def test_relevancy_skip_is_an_ovssc_decoder_input():
     vol = net.encode(xyz, rel)
     skip = cell_relevancy(xyz, rel, q[:, None], cfg.workspace, cfg.grid).reshape(1, 2, 2)
     assert skip.tolist() == [[[0.0, 1.0], [0.0, 0.0]]]
-    torch.testing.assert_close(net(xyz, rel, q)[0], net.decode(vol, q, skip))
+    torch.testing.assert_close(net(xyz, rel, q)[0], net.decode(vol, q, 3.0 * skip))
     moved = skip.clone()
     moved[0, 0, 0] = 1.0          # the first query's cell relevancy, U-Net features unchanged
     delta = net.decode(vol, q, moved) - net.decode(vol, q, skip)

@@ -89,7 +89,8 @@ def test_init_weights_fine_tunes_from_a_checkpoint(tmp_path):
     # the same network widened with the decoder's relevancy skip (zero columns) starts at the same loss
     skip = load_config(str(ROOT / "config/semabs_cpu.yaml"),
                        base + [f"out_dir={tmp_path / 'skip'}", "train.max_steps=1", "train.warmup_steps=0",
-                               f"train.init_weights={tmp_path / 'src/last.safetensors'}", "model.relevancy_skip=true"])
+                               f"train.init_weights={tmp_path / 'src/last.safetensors'}", "model.relevancy_skip=true",
+                               "model.relevancy_skip_scale=20"])
     assert train(skip, progress=False)["losses"][0] == pytest.approx(expected, rel=1e-5)
     bad = copy.deepcopy(ft)
     bad["out_dir"] = str(tmp_path / "bad")

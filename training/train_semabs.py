@@ -373,7 +373,8 @@ def train(cfg: dict, progress: bool = True) -> dict:
         source, init_task, init_cfg, _, _ = load_checkpoint(init)
         state = source.state_dict()
         if (task == "ovssc" and init_task == task and mcfg.relevancy_skip and not init_cfg.relevancy_skip
-                and dataclasses.replace(init_cfg, relevancy_skip=True) == mcfg):
+                and dataclasses.replace(init_cfg, relevancy_skip=True,
+                                        relevancy_skip_scale=mcfg.relevancy_skip_scale) == mcfg):
             state = with_relevancy_skip(state)
         elif init_task != task or init_cfg != mcfg:
             raise ValueError(f"train.init_weights {init}: task/model config {init_task}/{init_cfg} differ from "

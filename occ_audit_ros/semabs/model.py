@@ -65,6 +65,9 @@ class SemAbsConfig:
         relevancy_skip: OVSSC only, our deviation [False]: the decoder MLP also receives the
             query's :func:`cell_relevancy` (2 more inputs), a direct path for the raw relevancy that the
             U-Net's smoothing loses on objects of one or two cells. VOOL raises ValueError with it.
+        relevancy_skip_scale: both skip inputs are multiplied by this [1.0]. Under AdamW a weight moves
+            about ``lr`` per step whatever its input's size, so this sets how far the zero-initialised
+            skip weights of a short fine-tune can move the logit (simulated relevancy is ~0.1-0.4).
     """
 
     lower: tuple[float, float, float] = (-1.0, -1.0, -0.1)
@@ -80,6 +83,7 @@ class SemAbsConfig:
     pointing_dim: int = 64
     temperature: float = 0.07
     relevancy_skip: bool = False
+    relevancy_skip_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.lower = tuple(float(v) for v in self.lower)
@@ -274,7 +278,7 @@ class SemAbsOVSSC(nn.Module):
         skip = None
         if self.config.relevancy_skip:
             skip = cell_relevancy(xyz, relevancy, queries, self.config.workspace, self.config.grid)
-            skip = skip.reshape(B * L, -1, 2)
+            skip = skip.reshape(B * L, -1, 2) * self.config.relevancy_skip_scale
         return self.decode(vol, queries.reshape(B * L, -1, 3), skip).reshape(B, L, -1)
 
 
