@@ -88,15 +88,21 @@ def test_fuzz_node_survives_and_rate_limits(ros, capfd):
 
     # Rate limiting: per kind at most one warning per period (+1 for the window edges), and the
     # log holds exactly the counted ones.
-    err = capfd.readouterr().err
-    logged = {k: c[0] for k, c in node.warn_counts.items()}
+    # warn() counts before it logs: read until the log has caught up with the counters (5 s at most).
+    err, deadline = capfd.readouterr().err, time.monotonic() + 5.0
+    while True:
+        logged = {k: c[0] for k, c in node.warn_counts.items()}
+        n_warn_lines = len(re.findall(r"\[WARN\].*perception_node", err))
+        if n_warn_lines == sum(logged.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+        err += capfd.readouterr().err
     suppressed = sum(c[1] for c in node.warn_counts.values())
     for key, n in logged.items():
         assert n <= elapsed / period + 2, (key, n, elapsed)
     print(f"fuzz: {FUZZ_N} items, {n_msgs} messages in {elapsed:.1f} s; kinds {kinds}; counters {node.counters}; "
           f"warnings logged {logged}, suppressed {suppressed}")
     assert suppressed > sum(logged.values()), (logged, suppressed)
-    n_warn_lines = len(re.findall(r"\[WARN\].*perception_node", err))
     assert n_warn_lines == sum(logged.values()), (n_warn_lines, logged)
 
     # A valid label change takes effect on the next frame.
