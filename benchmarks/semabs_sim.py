@@ -34,7 +34,8 @@ from occ_audit_ros.devices import resolve_device  # noqa: E402
 from occ_audit_ros.semabs.baselines import relevancy_cloud_scores, shifted_reference_scores  # noqa: E402
 from occ_audit_ros.semabs.batching import num_queried_labels  # noqa: E402
 from occ_audit_ros.semabs.checkpoint import load_checkpoint  # noqa: E402
-from occ_audit_ros.semabs.metrics import REFERENCE_CUTOFFS, choose_cutoff, iou_table  # noqa: E402
+from occ_audit_ros.semabs.metrics import (REFERENCE_CUTOFFS, choose_cutoff, iou_table, reference_mean,  # noqa: E402
+                                          reference_rows)
 from training.train_semabs import SceneSet, load_config, predict_items  # noqa: E402
 
 
@@ -66,27 +67,6 @@ def score(items: list[tuple], cutoffs) -> tuple[np.ndarray, list[str]]:
     table = iou_table([i[1] for i in items], [i[2] for i in items], [i[3] for i in items], SemAbsConfig().workspace,
                       cutoffs, 32)
     return table, names
-
-
-#: Reference aggregation per split: mean per room, then over rooms; or per label, then over labels.
-REFERENCE_AGGREGATION = {"novel_class": "label", "novel_synonym": "label"}
-
-
-def reference_mean(values: np.ndarray, names: list[str], rooms: list[int], split: str) -> float:
-    """SemAbs ``summarize.py`` aggregation of per-item IoUs (NaN items skipped): the mean per room (or per
-    label for novel class / synonym), then the mean of those; NaN when nothing is defined."""
-    keys = names if REFERENCE_AGGREGATION.get(split, "room") == "label" else rooms
-    groups = {}
-    for v, k in zip(values, keys):
-        if np.isfinite(v):
-            groups.setdefault(k, []).append(v)
-    return float(np.mean([np.mean(g) for g in groups.values()])) if groups else float("nan")
-
-
-def reference_rows(items: list[tuple]) -> np.ndarray:
-    """(items,) bool: OVSSC items the reference protocol scores (the label's object occupies an in-frustum
-    query; item targets hold the in-frustum queries only)."""
-    return np.array([bool(np.any(it[3])) for it in items])
 
 
 def split_items(make, scenes) -> tuple[list[tuple], list[int]]:

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from occ_audit_ros.semabs.baselines import relation_direction, relevancy_cloud_scores, shifted_reference_scores
-from occ_audit_ros.semabs.metrics import REFERENCE_CUTOFFS, choose_cutoff, iou_table, voxel_iou, voxel_max
+from occ_audit_ros.semabs.metrics import (REFERENCE_CUTOFFS, choose_cutoff, iou_table, reference_mean, reference_rows,
+                                          voxel_iou, voxel_max)
 from occ_audit_ros.semabs.pointcloud import Workspace, relevancy_point_cloud
 
 WS = Workspace((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -47,6 +48,23 @@ def test_cutoff_chosen_on_validation():
     assert -1.5 <= cut <= -0.9 and iou == pytest.approx(1.0)
     with pytest.raises(ValueError):
         choose_cutoff(np.full((2, 3), np.nan), [0, 1, 2])
+
+
+def test_reference_protocol_items_and_aggregation():
+    """SemAbs summarize.py: items whose label occupies an in-frustum query; mean per room (novel scene) or
+    per label (novel class / synonym) first, NaN items skipped."""
+    q = np.zeros((3, 3))
+    items = [("cup", q, None, np.array([False, True, False])), ("wall", q, None, np.zeros(3, bool)),
+             ("cup", q, None, np.array([True, True, False])), ("table", q, None, np.ones(3, bool))]
+    np.testing.assert_array_equal(reference_rows(items), [True, False, True, True])
+    vals = np.array([0.2, 0.5, np.nan, 0.8, 0.1])
+    names = ["cup", "table", "cup", "cup", "lamp"]
+    rooms = [0, 0, 1, 1, 2]
+    # rooms: (0.2 + 0.5) / 2, 0.8, 0.1 -> mean; labels: cup (0.2 + 0.8) / 2, table 0.5, lamp 0.1 -> mean
+    assert reference_mean(vals, names, rooms, "novel_scene") == pytest.approx((0.35 + 0.8 + 0.1) / 3)
+    assert reference_mean(vals, names, rooms, "novel_class") == pytest.approx((0.5 + 0.5 + 0.1) / 3)
+    assert reference_mean(vals, names, rooms, "novel_synonym") == pytest.approx((0.5 + 0.5 + 0.1) / 3)
+    assert np.isnan(reference_mean(np.full(2, np.nan), ["a", "b"], [0, 1], "val"))
 
 
 def test_baselines():

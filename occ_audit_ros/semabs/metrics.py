@@ -14,7 +14,8 @@ import numpy as np
 
 from .pointcloud import Workspace
 
-__all__ = ["REFERENCE_CUTOFFS", "voxel_max", "voxel_iou", "iou_table", "choose_cutoff"]
+__all__ = ["REFERENCE_CUTOFFS", "REFERENCE_AGGREGATION", "voxel_max", "voxel_iou", "iou_table", "choose_cutoff",
+           "reference_mean", "reference_rows"]
 
 #: The reference sweep: logit cutoffs -2.5, -2.4, ..., -0.1.
 REFERENCE_CUTOFFS = np.round(np.arange(-2.5, -0.05, 0.1), 6)
@@ -104,3 +105,41 @@ def choose_cutoff(table: np.ndarray, cutoffs: Sequence[float]) -> tuple[float, f
         raise ValueError("no defined IoU to choose a cutoff from")
     best = int(np.nanargmax(means))
     return float(np.asarray(cutoffs)[best]), float(means[best])
+
+
+#: Reference aggregation per split: mean per room, then over rooms; or per label, then over labels.
+REFERENCE_AGGREGATION = {"novel_class": "label", "novel_synonym": "label"}
+
+
+def reference_mean(values: np.ndarray, names: Sequence[str], rooms: Sequence[int], split: str) -> float:
+    """SemAbs ``summarize.py`` aggregation of per-item IoUs (design notes Sec. 6).
+
+    Args:
+        values: (items,) float IoU per (view, label), NaN = undefined (skipped).
+        names: per item its label; rooms: per item its room (scene) index.
+        split: ``novel_class`` / ``novel_synonym`` average per label first, any other split per room.
+
+    Returns:
+        the mean over groups of the mean within each group; NaN when no item is defined.
+    """
+    keys = names if REFERENCE_AGGREGATION.get(split, "room") == "label" else rooms
+    groups = {}
+    for v, k in zip(values, keys):
+        if np.isfinite(v):
+            groups.setdefault(k, []).append(v)
+    return float(np.mean([np.mean(g) for g in groups.values()])) if groups else float("nan")
+
+
+def reference_rows(items: Sequence[tuple]) -> np.ndarray:
+    """OVSSC items the reference protocol scores: the label's object occupies an in-frustum query.
+
+    SemAbs' dataset code scores only labels whose object lies in the in-frustum ground truth and is visible
+    in the view's segmentation (on our simulator splits the visible condition adds nothing, checked).
+
+    Args:
+        items: ``(name, queries, scores, target)`` with ``target`` (M,) bool over in-frustum queries.
+
+    Returns:
+        (items,) bool.
+    """
+    return np.array([bool(np.any(it[3])) for it in items])
