@@ -94,6 +94,8 @@ class SemAbsConfig:
             raise ValueError(f"grid {self.grid} must be >= 2 and divisible by 2^(unet_levels-1) = {k}")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if not self.relevancy_skip_scale > 0:
+            raise ValueError("relevancy_skip_scale must be > 0")
 
     @property
     def workspace(self) -> Workspace:
@@ -249,8 +251,9 @@ class SemAbsOVSSC(nn.Module):
         return self.encoder(xyz, relevancy)
 
     def decode(self, volume: torch.Tensor, queries: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        """(B', D, G, G, G) volumes, (B', M, 3) queries [m] [, (B', M, 2) :func:`cell_relevancy`] -> (B', M)
-        occupancy logits. Raises ValueError when ``skip`` is missing or extra for ``relevancy_skip``."""
+        """(B', D, G, G, G) volumes, (B', M, 3) queries [m] [, (B', M, 2) skip inputs = :func:`cell_relevancy`
+        times ``relevancy_skip_scale``] -> (B', M) occupancy logits. Raises ValueError when ``skip`` is
+        missing or extra for ``relevancy_skip``."""
         if (skip is not None) != self.config.relevancy_skip:
             raise ValueError(f"relevancy_skip={self.config.relevancy_skip} but skip features "
                              f"{'given' if skip is not None else 'missing'}")
