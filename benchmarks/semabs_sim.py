@@ -119,14 +119,18 @@ def main(argv=None) -> int:
             keep = reference_rows(items)
             sub_names = [n for n, k in zip(names, keep) if k]
             sub_rooms = [r for r, k in zip(rms, keep) if k]
-            means = [reference_mean(table[keep, j], sub_names, sub_rooms, split) for j in range(table.shape[1])]
+
+            def ref_mean(column):
+                return reference_mean(column, sub_names, sub_rooms, split)
+
             if val_cut is None:
-                j = int(np.nanargmax(means))
-                ref = {"cutoff": float(np.asarray(cols)[j])}
+                cut, _ = choose_cutoff(table[keep], cols, ref_mean)
+                j = int(np.argmin(np.abs(np.asarray(cols) - cut)))
+                ref = {"cutoff": float(cut)}
             else:
-                j = 1
+                j = 1  # test splits: cols = [item-mean cutoff, reference cutoff]
                 ref = {}
-            out["reference"] = ref | {"mean": means[j], "items": int(keep.sum()),
+            out["reference"] = ref | {"mean": ref_mean(table[keep, j]), "items": int(keep.sum()),
                                       "per_name": summarise(table[keep], sub_names, j)["per_name"]}
         return out
 

@@ -89,14 +89,16 @@ def test_fuzz_node_survives_and_rate_limits(ros, capfd):
     # Rate limiting: per kind at most one warning per period (+1 for the window edges), and the
     # log holds exactly the counted ones.
     # warn() counts before it logs: read until the log has caught up with the counters (5 s at most).
-    err, deadline = capfd.readouterr().err, time.monotonic() + 5.0
-    while True:
-        logged = {k: c[0] for k, c in node.warn_counts.items()}
-        n_warn_lines = len(re.findall(r"\[WARN\].*perception_node", err))
-        if n_warn_lines == sum(logged.values()) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    err = ""
+
+    def log_caught_up() -> bool:
+        nonlocal err
         err += capfd.readouterr().err
+        return len(re.findall(r"\[WARN\].*perception_node", err)) == sum(c[0] for c in node.warn_counts.values())
+
+    wait_until(log_caught_up, 5.0)
+    logged = {k: c[0] for k, c in node.warn_counts.items()}
+    n_warn_lines = len(re.findall(r"\[WARN\].*perception_node", err))
     suppressed = sum(c[1] for c in node.warn_counts.values())
     for key, n in logged.items():
         assert n <= elapsed / period + 2, (key, n, elapsed)

@@ -65,6 +65,12 @@ def test_reference_protocol_items_and_aggregation():
     assert reference_mean(vals, names, rooms, "novel_class") == pytest.approx((0.5 + 0.5 + 0.1) / 3)
     assert reference_mean(vals, names, rooms, "novel_synonym") == pytest.approx((0.5 + 0.5 + 0.1) / 3)
     assert np.isnan(reference_mean(np.full(2, np.nan), ["a", "b"], [0, 1], "val"))
+    # the cutoff choice follows the aggregation: the item mean prefers column 0 (0.6 vs 0.4), rooms column 1
+    table = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    rooms = [0, 0, 0, 1, 2]
+    assert choose_cutoff(table, [-1.0, -2.0]) == (-1.0, pytest.approx(0.6))
+    assert choose_cutoff(table, [-1.0, -2.0], lambda c: reference_mean(c, names, rooms, "novel_scene")) == \
+        (-2.0, pytest.approx(2 / 3))
 
 
 def test_baselines():

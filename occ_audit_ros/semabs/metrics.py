@@ -8,7 +8,7 @@ cutoff by mean IoU on the validation split is then applied unchanged to the test
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -87,8 +87,14 @@ def iou_table(points_list, pred_list, gt_list, workspace: Workspace, cutoffs: Se
     return np.array(rows).reshape(len(rows), len(cutoffs))
 
 
-def choose_cutoff(table: np.ndarray, cutoffs: Sequence[float]) -> tuple[float, float]:
+def choose_cutoff(table: np.ndarray, cutoffs: Sequence[float],
+                  aggregate: Callable[[np.ndarray], float] | None = None) -> tuple[float, float]:
     """The cutoff with the best mean IoU over items (NaN items skipped).
+
+    Args:
+        table: (items, C) IoU from :func:`iou_table`; cutoffs: (C,).
+        aggregate: mean of one column (items,) -> float (e.g. :func:`reference_mean`); default: NaN-skipping
+            item mean.
 
     Returns:
         ``(cutoff, mean_iou)``.
@@ -100,7 +106,10 @@ def choose_cutoff(table: np.ndarray, cutoffs: Sequence[float]) -> tuple[float, f
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-        means = np.nanmean(table, axis=0) if len(table) else np.full(len(cutoffs), np.nan)
+        if aggregate is not None:
+            means = np.array([aggregate(table[:, j]) for j in range(len(cutoffs))], dtype=np.float64)
+        else:
+            means = np.nanmean(table, axis=0) if len(table) else np.full(len(cutoffs), np.nan)
     if not np.any(np.isfinite(means)):
         raise ValueError("no defined IoU to choose a cutoff from")
     best = int(np.nanargmax(means))
