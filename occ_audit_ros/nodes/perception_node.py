@@ -290,8 +290,8 @@ class PerceptionNode(Node):
         counts = self.warn_counts.setdefault(key, [0, 0])
         if now - self._last_warn.get(key, -1e18) >= self.warn_period_s:
             self._last_warn[key] = now
-            counts[0] += 1
             self.get_logger().warning(text)
+            counts[0] += 1  # after the write: a counted warning is already in the log
         else:
             counts[1] += 1
 
