@@ -1,5 +1,6 @@
 """SemAbs training script: resume equals an uninterrupted run, torchrun DDP on 2 gloo processes, CLI errors."""
 
+import math
 import os
 import subprocess
 import sys
@@ -164,6 +165,75 @@ def test_forward_loss_applies_query_weights():
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["target"], reduction="none")
     expected = (bce.sum() + bce[0, 0].sum()).item() / batch["mask"].sum().item()
     assert forward_loss(model, "ovssc", dict(batch, weight=w)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_soft_iou_loss_matches_a_loop_and_enters_forward_loss():
+    """soft_iou_loss equals a per-item loop of 1 - sum(w p y) / sum(w (p + y - p y)) over unmasked queries
+    (padding items skipped); forward_loss adds it times ``soft_iou_weight``; on a fixed batch, gradient steps
+    on it raise the items' hard IoU at logit 0."""
+    import numpy as np
+    from occ_audit_ros.semabs.batching import ovssc_batch
+    from occ_audit_ros.semabs.model import SemAbsConfig, SemAbsOVSSC
+    from occ_audit_ros.semabs.toy import toy_scene
+    from training.train_semabs import soft_iou_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 50, generator=g) * 2
+    target = (torch.rand(2, 3, 50, generator=g) < 0.3).float()
+    mask = torch.rand(2, 3, 50, generator=g) < 0.8
+    mask[1, 2] = False  # a padding label
+    weight = torch.rand(2, 3, 50, generator=g) * 3
+    terms = []
+    for b in range(2):
+        for k in range(3):
+            inter = union = 0.0
+            for m in range(50):
+                if mask[b, k, m]:
+                    p = 1.0 / (1.0 + math.exp(-logits[b, k, m].item()))
+                    y = target[b, k, m].item()
+                    inter += weight[b, k, m].item() * p * y
+                    union += weight[b, k, m].item() * (p + y - p * y)
+            if mask[b, k].any():
+                terms.append(1.0 - inter / union)
+    assert len(terms) == 5
+    assert soft_iou_loss(logits, target, mask, weight).item() == pytest.approx(sum(terms) / 5, rel=1e-5)
+    assert soft_iou_loss(logits, target, torch.zeros_like(mask)).item() == 0.0
+
+    torch.manual_seed(0)
+    model = SemAbsOVSSC(SemAbsConfig(grid=8, unet_levels=2, unet_f_maps=8, unet_groups=4, point_hidden=16))
+    scenes = [toy_scene(np.random.default_rng(i), num_queries=500) for i in range(2)]
+    batch = ovssc_batch(scenes, np.random.default_rng(0), 200, 2, 300, positive_fraction=0.3, importance_weighted=True)
+    with torch.no_grad():
+        logits = model(batch["xyz"], batch["relevancy"], batch["queries"])
+    soft = soft_iou_loss(logits, batch["target"], batch["mask"], batch["weight"]).item()
+    assert forward_loss(model, "ovssc", batch, soft_iou_weight=0.5).item() == pytest.approx(
+        forward_loss(model, "ovssc", batch).item() + 0.5 * soft, rel=1e-5)
+
+    def hard_iou():
+        with torch.no_grad():
+            pred = model(batch["xyz"], batch["relevancy"], batch["queries"]) > 0
+        t = batch["target"].bool() & batch["mask"]
+        p = pred & batch["mask"]
+        return ((p & t).sum((-1)).float() / (p | t).sum(-1).clamp(min=1).float()).mean().item()
+
+    before = hard_iou()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = soft_iou_loss(model(batch["xyz"], batch["relevancy"], batch["queries"]), batch["target"],
+                             batch["mask"], batch["weight"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < soft
+    assert hard_iou() > before + 0.1
+
+
+def test_soft_iou_weight_is_refused_for_vool(tmp_path):
+    """The soft-IoU term is an OVSSC loss: a VOOL run with it stops before training."""
+    cfg = load_config(str(ROOT / "config" / "semabs_cpu.yaml"),
+                      TINY + [f"out_dir={tmp_path}", "task=vool", "train.ovssc_soft_iou_weight=1.0", "train.max_steps=1"])
+    with pytest.raises(ValueError, match="ovssc only"):
+        train(cfg, progress=False)
 
 
 def test_train_device_names_are_checked(tmp_path):

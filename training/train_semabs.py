@@ -214,11 +214,42 @@ def augment_batch(batch: dict, rng: np.random.Generator, rotation: float, transl
     return batch
 
 
-def forward_loss(model: torch.nn.Module, task: str, batch: dict, amp: str | None = None) -> torch.Tensor:
+def soft_iou_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over items of 1 - soft IoU (our deviation; soft Jaccard, Rahman & Wang, ISVC 2016).
+
+    An item is one (scene, label) row of the batch; per item, with p = sigmoid(logit), y the target and
+    w the query weight, soft IoU = sum(w m p y) / sum(w m (p + y - p y)) over its M queries (m = mask).
+    With importance weights (:func:`ovssc_batch`) both sums estimate the sums over uniform queries, so
+    the term approximates the item's IoU on the lattice. It counts every item once, as the benchmark's
+    per-(view, label) IoU does, where the BCE's query mean is dominated by large structures.
+
+    Args:
+        logits, target: (B, K, M) float (target in {0, 1}); mask: (B, K, M) bool; weight: (B, K, M) float
+            or None (all ones).
+
+    Returns:
+        scalar float32 tensor in [0, 1]; items without any unmasked query are skipped (0 when none is left).
+    """
+    p = torch.sigmoid(logits.float())
+    w = mask.float() if weight is None else mask.float() * weight.float()
+    y = target.float()
+    inter = (w * p * y).sum(-1)
+    union = (w * (p + y - p * y)).sum(-1)
+    keep = mask.any(-1) & (union > 0)
+    if not bool(keep.any()):
+        return logits.float().sum() * 0.0
+    return (1.0 - inter[keep] / union[keep]).mean()
+
+
+def forward_loss(model: torch.nn.Module, task: str, batch: dict, amp: str | None = None,
+                 soft_iou_weight: float = 0.0) -> torch.Tensor:
     """Masked BCE-with-logits over query points (SemAbs Sec. 4). Returns a scalar float32 tensor.
 
     A batch ``weight`` (B, K, M) (importance weights of :func:`ovssc_batch`) multiplies each query's
     term; the sum is still divided by the number of unmasked queries (unbiased for the uniform loss).
+    ``soft_iou_weight`` > 0 adds that times :func:`soft_iou_loss` (same weights; ``train.ovssc_soft_iou_weight``,
+    our deviation).
 
     The batch's tensors are moved to the device of the model's parameters. ``amp="bf16"`` runs the
     forward pass under bfloat16 autocast (``train.amp``); the loss is computed in float32.
@@ -239,7 +270,10 @@ def forward_loss(model: torch.nn.Module, task: str, batch: dict, amp: str | None
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["target"], reduction="none")
     mask = batch["mask"].float()
     weighted = loss * batch["weight"] if "weight" in batch else loss  # importance weights (ovssc_batch)
-    return (weighted * mask).sum() / mask.sum().clamp(min=1.0)
+    total = (weighted * mask).sum() / mask.sum().clamp(min=1.0)
+    if soft_iou_weight:
+        total = total + soft_iou_weight * soft_iou_loss(logits, batch["target"], batch["mask"], batch.get("weight"))
+    return total
 
 
 @torch.no_grad()
@@ -328,12 +362,13 @@ def train(cfg: dict, progress: bool = True) -> dict:
     weights start the run (fine-tuning; fresh optimiser and schedule; ignored once ``last.safetensors``
     exists). ``train.ovssc_positive_fraction`` / ``train.ovssc_balanced`` / ``train.ovssc_importance_weighted``:
     OVSSC query sampling and its importance weights (:func:`occ_audit_ros.semabs.batching.ovssc_batch`;
-    default uniform as in the paper).
+    default uniform as in the paper). ``train.ovssc_soft_iou_weight``: weight of the per-item soft-IoU term
+    (:func:`soft_iou_loss`; default 0, the paper's plain BCE).
 
     Raises:
         ValueError: ``train.device`` other than cpu / cuda / auto, or cuda without a GPU;
             ``train.init_weights`` holds another task or model configuration; a time budget with
-            several processes or fewer than 4 warm-up steps.
+            several processes or fewer than 4 warm-up steps; ``train.ovssc_soft_iou_weight`` with task vool.
     """
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     own_group = False
@@ -363,6 +398,9 @@ def train(cfg: dict, progress: bool = True) -> dict:
     if budget > 0 and (world > 1 or warmup < 4):
         raise ValueError("train.time_budget_s needs a single process and train.warmup_steps >= 4")
     base_lr = float(tcfg["lr"])
+    soft_iou_weight = float(tcfg.get("ovssc_soft_iou_weight") or 0.0)
+    if soft_iou_weight and task != "ovssc":
+        raise ValueError("train.ovssc_soft_iou_weight applies to task ovssc only")
 
     def cosine(total: int):
         return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, total), T_mult=1)
@@ -403,7 +441,7 @@ def train(cfg: dict, progress: bool = True) -> dict:
         rng = np.random.default_rng([cfg["seed"], step, rank])
         idx = rng.choice(len(scenes), int(tcfg["batch_size"]), replace=len(scenes) < int(tcfg["batch_size"]))
         batch = make_batch(task, tcfg, [scenes[int(i)] for i in idx], rng, mcfg.workspace)
-        loss = forward_loss(ddp, task, batch, tcfg.get("amp"))
+        loss = forward_loss(ddp, task, batch, tcfg.get("amp"), soft_iou_weight=soft_iou_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tcfg.get("grad_clip"):
