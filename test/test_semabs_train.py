@@ -228,6 +228,30 @@ def test_soft_iou_loss_matches_a_loop_and_enters_forward_loss():
     assert hard_iou() > before + 0.1
 
 
+def test_vool_relation_balancing():
+    """With ``balance_relations`` a scene's relations are drawn about equally often (reference
+    ``balance_spatial_relations``); without it in proportion to their counts."""
+    import numpy as np
+    from occ_audit_ros.semabs.batching import vool_batch
+    from occ_audit_ros.semabs.model import RELATIONS
+    from occ_audit_ros.semabs.toy import toy_scene
+
+    scene = toy_scene(np.random.default_rng(0), num_queries=400)
+    occ = scene["occupancy"][0]
+    scene["descriptions"] = [(0, "on", 1)] * 6 + [(0, "in", 1)] * 2
+    scene["vool_occupancy"] = np.stack([occ] * 8)
+    counts = {}
+    for balance in (False, True):
+        rng = np.random.default_rng(1)
+        ids = [vool_batch([scene], rng, 50, 1, 20, balance_relations=balance)["relations"].item() for _ in range(2000)]
+        counts[balance] = ids.count(RELATIONS.index("in")) / len(ids)
+    assert counts[False] == pytest.approx(2 / 8, abs=0.03)
+    assert counts[True] == pytest.approx(1 / 2, abs=0.03)
+    rng = np.random.default_rng(2)
+    four = vool_batch([scene], rng, 50, 4, 20, balance_relations=True)["relations"][0].tolist()
+    assert sorted(four).count(RELATIONS.index("in")) <= 2  # without replacement
+
+
 def test_soft_iou_weight_is_refused_for_vool(tmp_path):
     """The soft-IoU term is an OVSSC loss: a VOOL run with it stops before training."""
     cfg = load_config(str(ROOT / "config" / "semabs_cpu.yaml"),

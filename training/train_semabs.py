@@ -161,7 +161,8 @@ def make_batch(task: str, tcfg: dict, scenes: list[dict], rng: np.random.Generat
                             positive_fraction=float(tcfg.get("ovssc_positive_fraction", 0.0)),
                             importance_weighted=bool(tcfg.get("ovssc_importance_weighted", False)))
     else:
-        batch = vool_batch(scenes, rng, tcfg["num_input_points"], tcfg["descs_per_scene"], tcfg["num_queries"])
+        batch = vool_batch(scenes, rng, tcfg["num_input_points"], tcfg["descs_per_scene"], tcfg["num_queries"],
+                           balance_relations=bool(tcfg.get("vool_balance_relations", False)))
     aug = tcfg.get("augment") or {}
     if any(float(aug.get(k, 0.0)) for k in ("rotation", "translation", "scale")):
         augment_batch(batch, rng, float(aug.get("rotation", 0.0)), float(aug.get("translation", 0.0)),
@@ -363,7 +364,9 @@ def train(cfg: dict, progress: bool = True) -> dict:
     exists). ``train.ovssc_positive_fraction`` / ``train.ovssc_balanced`` / ``train.ovssc_importance_weighted``:
     OVSSC query sampling and its importance weights (:func:`occ_audit_ros.semabs.batching.ovssc_batch`;
     default uniform as in the paper). ``train.ovssc_soft_iou_weight``: weight of the per-item soft-IoU term
-    (:func:`soft_iou_loss`; default 0, the paper's plain BCE).
+    (:func:`soft_iou_loss`; default 0, the paper's plain BCE). ``train.vool_balance_relations``: draw a scene's
+    descriptions with relations balanced, as the reference code does (default false, the shipped VOOL runs'
+    uniform draw; :func:`occ_audit_ros.semabs.batching.vool_batch`).
 
     Raises:
         ValueError: ``train.device`` other than cpu / cuda / auto, or cuda without a GPU;

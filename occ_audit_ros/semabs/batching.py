@@ -101,8 +101,14 @@ def ovssc_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: i
 
 
 def vool_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: int, descs_per_scene: int,
-               num_queries: int, balanced: bool = True) -> dict[str, torch.Tensor]:
+               num_queries: int, balanced: bool = True, balance_relations: bool = False) -> dict[str, torch.Tensor]:
     """Stack VOOL inputs and targets.
+
+    A scene with more than ``descs_per_scene`` descriptions gives a subset drawn without replacement:
+    uniformly, or with ``balance_relations=True`` with probability proportional to 1 / (number of the
+    scene's descriptions with the same relation), so that every relation present in the scene is about
+    equally likely (the reference code's ``balance_spatial_relations``, on by default there; design notes
+    Sec. 4). Queries: positives and negatives equally likely (``balanced``, ``balance_spatial_sampling``).
 
     Returns:
         ``xyz`` (B, N, 3); ``target_relevancy``, ``reference_relevancy`` (B, Q, N) float32;
@@ -113,7 +119,12 @@ def vool_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: in
     pad = RELATIONS.index("[pad]")
     for s in samples:
         D = len(s["descriptions"])
-        chosen = rng.choice(D, min(D, descs_per_scene), replace=False) if D else np.zeros(0, int)
+        if balance_relations and D > descs_per_scene:
+            names = [d[1] for d in s["descriptions"]]
+            p = np.array([1.0 / names.count(n) for n in names])
+            chosen = rng.choice(D, descs_per_scene, replace=False, p=p / p.sum())
+        else:
+            chosen = rng.choice(D, min(D, descs_per_scene), replace=False) if D else np.zeros(0, int)
         xyz, rel = sample_points(s["xyz"], s["relevancy"], num_points, rng)
         tr = np.zeros((descs_per_scene, num_points), np.float32)
         rr = np.zeros_like(tr)
