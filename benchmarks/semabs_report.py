@@ -9,7 +9,7 @@ SIMULATED (``occ_audit_ros.sim.relevancy_sim``), not CLIP; the plots say so.
 
 Usage:
     python benchmarks/semabs_report.py --ovssc bench_ovssc.json --vool bench_vool.json \
-        --img-dir docs/img [--card-dir /tmp/cards] [--seeds 0 1 2]
+        --img-dir docs/img [--card-dir /tmp/cards] [--seeds 0 1 2] [--ovssc-protocol reference]
 """
 
 from __future__ import annotations
@@ -24,23 +24,30 @@ SPLITS = ["val", "novel_scene", "novel_class", "novel_synonym", "novel_shape"]
 RELATIONS = ["behind", "in", "in front of", "on", "on the left of", "on the right of"]
 
 
-def split_stats(res: dict, split: str, name: str | None = None) -> tuple[float, float, float]:
-    """(network mean %, network std %, baseline %) of one split (and one relation/label when ``name``)."""
+def split_stats(res: dict, split: str, name: str | None = None, protocol: str = "items") -> tuple[float, float, float]:
+    """(network mean %, network std %, baseline %) of one split (and one relation/label when ``name``).
+
+    ``protocol="reference"`` reads the OVSSC reference-protocol block (``<split>["reference"]``: labels present in
+    the in-frustum ground truth, per-room / per-label means) instead of the plain item mean."""
+
+    def block(r: dict) -> dict:
+        return r[split]["reference"] if protocol == "reference" else r[split]
+
     if name is None:
-        vals = np.array([r[split]["mean"] for r in res["network"]]) * 100
-        base = res["baseline"][split]["mean"] * 100
+        vals = np.array([block(r)["mean"] for r in res["network"]]) * 100
+        base = block(res["baseline"])["mean"] * 100
     else:
-        vals = np.array([r[split]["per_name"].get(name, np.nan) for r in res["network"]]) * 100
-        base = res["baseline"][split]["per_name"].get(name, np.nan) * 100
+        vals = np.array([block(r)["per_name"].get(name, np.nan) for r in res["network"]]) * 100
+        base = block(res["baseline"])["per_name"].get(name, np.nan) * 100
     return float(np.nanmean(vals)), float(np.nanstd(vals)), float(base)
 
 
-def ovssc_table(res: dict) -> str:
-    """Markdown table: split | SemAbs mean ± std | baseline | ratio."""
+def ovssc_table(res: dict, protocol: str = "items") -> str:
+    """Markdown table: split | SemAbs mean ± std | baseline | ratio (``protocol``: see :func:`split_stats`)."""
     rows = ["| split | SemAbs (3D net, mean ± std over seeds) | thresholded relevancy cloud | ratio |",
             "|---|---|---|---|"]
     for s in SPLITS:
-        m, sd, b = split_stats(res, s)
+        m, sd, b = split_stats(res, s, protocol=protocol)
         rows.append(f"| {s.replace('_', ' ')} | {m:.1f} ± {sd:.1f} | {b:.1f} | {m / b:.2f} |")
     return "\n".join(rows)
 
@@ -59,8 +66,9 @@ def vool_table(res: dict) -> str:
     return "\n".join(rows)
 
 
-def plot(res_ovssc: dict | None, res_vool: dict | None, img_dir: Path) -> list[Path]:
-    """Bar charts ``semabs_ovssc_iou.png`` (per split) and ``semabs_vool_iou.png`` (per relation, novel scene)."""
+def plot(res_ovssc: dict | None, res_vool: dict | None, img_dir: Path, protocol: str = "items") -> list[Path]:
+    """Bar charts ``semabs_ovssc_iou.png`` (per split, OVSSC ``protocol``: see :func:`split_stats`) and
+    ``semabs_vool_iou.png`` (per relation, novel scene)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,14 +80,16 @@ def plot(res_ovssc: dict | None, res_vool: dict | None, img_dir: Path) -> list[P
     if res_ovssc:
         fig, ax = plt.subplots(figsize=(7.5, 3.8))
         x = np.arange(len(SPLITS))
-        st = [split_stats(res_ovssc, s) for s in SPLITS]
+        st = [split_stats(res_ovssc, s, protocol=protocol) for s in SPLITS]
         ax.bar(x - 0.2, [v[0] for v in st], 0.4, yerr=[v[1] for v in st], capsize=3, label="SemAbs 3D net (trained)")
         ax.bar(x + 0.2, [v[2] for v in st], 0.4, label="thresholded relevancy cloud")
         ax.plot(x, [2 * v[2] for v in st], "k_", markersize=22, label="2 x baseline (goal)")
         ax.set_xticks(x, [s.replace("_", "\n") for s in SPLITS])
         ax.set_ylim(0, 1.45 * max(max(2 * v[2] for v in st), max(v[0] + v[1] for v in st)))
         ax.set_ylabel("OVSSC IoU (%)")
-        ax.set_title("OVSSC on the simulator\n" + note, fontsize=9)
+        how = ("reference protocol: labels in the in-frustum GT, per room / per label" if protocol == "reference"
+               else "every queried label, item mean")
+        ax.set_title(f"OVSSC on the simulator ({how})\n" + note, fontsize=9)
         ax.legend(fontsize=8, ncol=3, loc="upper center")
         fig.tight_layout()
         p = img_dir / "semabs_ovssc_iou.png"
@@ -134,14 +144,17 @@ def main(argv=None) -> int:
     ap.add_argument("--card-dir", default=None)
     ap.add_argument("--card-seed-index", type=int, default=0)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--ovssc-protocol", choices=["items", "reference"], default="items",
+                    help="OVSSC table and plot: plain item mean or the reference protocol")
     args = ap.parse_args(argv)
     res = {t: json.loads(Path(p).read_text()) for t, p in (("ovssc", args.ovssc), ("vool", args.vool)) if p}
     if "ovssc" in res:
-        print("OVSSC IoU % (32^3, cutoff chosen on val)\n" + ovssc_table(res["ovssc"]) + "\n")
+        print(f"OVSSC IoU % (32^3, cutoff chosen on val, {args.ovssc_protocol})\n"
+              + ovssc_table(res["ovssc"], args.ovssc_protocol) + "\n")
     if "vool" in res:
         print("VOOL IoU % per relation: network mean ± std / baseline (✗ = not above the baseline)\n"
               + vool_table(res["vool"]) + "\n")
-    for p in plot(res.get("ovssc"), res.get("vool"), Path(args.img_dir)):
+    for p in plot(res.get("ovssc"), res.get("vool"), Path(args.img_dir), args.ovssc_protocol):
         print(f"plot: {p}")
     if args.card_dir:
         Path(args.card_dir).mkdir(parents=True, exist_ok=True)
