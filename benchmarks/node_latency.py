@@ -11,7 +11,7 @@
    worker; RSS after a quarter of the run vs the end (the keyframe replay of part 1 also reports its
    RSS, over fewer messages at the ViT-B/32 cost).
 3. Fuzz: ``--fuzz`` malformed items (about 2.9 messages each) into a one-camera node with the tiny
-   model, then a valid frame must be answered (occ_audit_ros.nodes.node_checks).
+   model, then a valid frame must be answered (``test/node_checks.py``).
 
 CLIP weights are the ViT-B/32 layout with random values by default: the cost is that of the real model.
 
@@ -34,6 +34,22 @@ import time
 from pathlib import Path
 
 import torch
+
+from occ_audit_ros import paths
+
+
+def _node_checks_attrs(*names: str) -> tuple:
+    """Objects of the test suite's node driver ``test/node_checks.py`` (input driver, soak, fuzz),
+    loaded from its file so the benchmark drives the node exactly as the tests do."""
+    import importlib.util
+
+    module = sys.modules.get("node_checks")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("node_checks", paths.REPO_ROOT / "test" / "node_checks.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["node_checks"] = module
+        spec.loader.exec_module(module)
+    return tuple(getattr(module, name) for name in names)
 
 
 def _restamp(msg, shift_ns: int):
@@ -63,7 +79,7 @@ def latency_and_soak(args) -> dict:
 
     from occ_audit_ros import conventions, paths
     from occ_audit_ros.nodes.bag_player import resolve_message_type
-    from occ_audit_ros.nodes.node_checks import release_freed_heap, rss_bytes
+    release_freed_heap, rss_bytes = _node_checks_attrs('release_freed_heap', 'rss_bytes')
     from occ_audit_ros.nodes.perception_node import PerceptionNode, sensor_qos
     from occ_audit_ros.nuscenes_io import load_keyframe
     from occ_audit_ros.params import DRIVING_LABELS, relevancy_presets
@@ -168,7 +184,7 @@ def _small_node_run(fn):
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from occ_audit_ros.nodes.node_checks import InputDriver, synthetic_frame
+    InputDriver, synthetic_frame = _node_checks_attrs('InputDriver', 'synthetic_frame')
     from occ_audit_ros.nodes.perception_node import PerceptionNode
 
     rclpy.init(domain_id=1 + os.getpid() % 100)  # own DDS domain: no cross-talk with other runs
@@ -194,7 +210,7 @@ def _small_node_run(fn):
 
 def soak(args) -> dict:
     """Part 2 (see module docstring); returns the figures."""
-    from occ_audit_ros.nodes.node_checks import run_soak
+    run_soak, = _node_checks_attrs('run_soak')
 
     def body(node, driver, good):
         r = run_soak(node, driver, good, args.soak)
@@ -211,7 +227,7 @@ def soak(args) -> dict:
 
 def fuzz(args) -> dict:
     """Part 3 (see module docstring); returns the figures."""
-    from occ_audit_ros.nodes.node_checks import run_fuzz, wait_until
+    run_fuzz, wait_until = _node_checks_attrs('run_fuzz', 'wait_until')
 
     def body(node, driver, good):
         stats = run_fuzz(node, driver, good, args.fuzz, seed=2)

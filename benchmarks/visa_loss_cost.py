@@ -21,10 +21,10 @@ import time
 import torch
 
 from occ_audit_ros.nuscenes_io import load_keyframe
-from occ_audit_ros.visa.generate import main as generate_audits
-from occ_audit_ros.visa.grounding import keyframe_semantics_from_lidar
-from occ_audit_ros.visa.integration import VisaTerm, keyframe_targets
-from occ_audit_ros.visa.store import read_store
+from training.visa.generate import main as generate_audits
+from training.visa.grounding import keyframe_semantics_from_lidar
+from training.visa.integration import VisaTerm, keyframe_targets
+from training.visa.store import read_store
 from occ_audit_ros.voxel_grid import VoxelGridSpec
 
 OCC3D = VoxelGridSpec(lower=(-40.0, -40.0, -1.0), upper=(40.0, 40.0, 5.4), voxel_size=0.4)

@@ -41,6 +41,6 @@ def generate_launch_description():
                                                    "/cam_back/image_raw", "/cam_back_left/image_raw"],
                           "wait_for_subscribers_timeout": 60.0}]),
         Node(package="rviz2", executable="rviz2", name="rviz2",
-             arguments=["-d", os.path.join(share, "config", "occ_audit.rviz")],
+             arguments=["-d", os.path.join(share, "config", "rviz", "occ_audit.rviz")],
              parameters=[{"use_sim_time": True}], condition=IfCondition(LaunchConfiguration("rviz"))),
     ])

@@ -25,9 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .pipeline import CameraInput, PipelineConfig, PipelineResult
-from .relevancy import RelevancyExtractor, as_rgb_uint8
-from .voxel_grid import SemanticVoxels, VoxelGridSpec
+from occ_audit_ros.pipeline import CameraInput, PipelineConfig, PipelineResult
+from occ_audit_ros.relevancy import RelevancyExtractor, as_rgb_uint8
+from occ_audit_ros.voxel_grid import SemanticVoxels, VoxelGridSpec
 
 __all__ = ["HiddenObjectAnswer", "SemAbsBackend", "AgoBackend", "BACKENDS"]
 
@@ -112,7 +112,7 @@ class SemAbsBackend:
     def __init__(self, extractor: RelevancyExtractor, config: PipelineConfig, ovssc_checkpoint: str,
                  vool_checkpoint: str = "", camera: str = "CAM_FRONT", workspace_center=(6.0, 0.0, 0.9),
                  num_points: int = 6000, min_probability: float = 0.1, device: str = "cpu") -> None:
-        from .semabs.inference import SemAbsPredictor
+        from occ_audit_ros.semabs.inference import SemAbsPredictor
 
         self.clip = extractor.clip
         self.config = config
@@ -254,7 +254,7 @@ class AgoBackend:
 
     def __init__(self, checkpoint: str, labels: Sequence[str], target_frame: str = "base_link",
                  identifier: str = "entropy", device: str = "cpu") -> None:
-        from .ago.infer import AgoPredictor
+        from occ_audit_ros.ago.infer import AgoPredictor
 
         self.predictor = AgoPredictor.from_checkpoint(checkpoint, device=device,
                                                       identifier=None if identifier == "none" else identifier)

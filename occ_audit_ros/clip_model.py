@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from . import paths
-from .devices import resolve_device
+from occ_audit_ros import paths
+from occ_audit_ros.devices import resolve_device
 
 LOG = logging.getLogger(__name__)
 

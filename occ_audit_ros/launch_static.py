@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import paths
+from occ_audit_ros import paths
 
 PACKAGE = "occ_audit_ros"
 

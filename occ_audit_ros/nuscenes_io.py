@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import conventions, paths
-from .geometry import (
+from occ_audit_ros import conventions, paths
+from occ_audit_ros.geometry import (
     box_corners,
     invert_transform,
     make_transform,

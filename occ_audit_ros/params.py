@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .conventions import BASE_FRAME, CAMERA_CHANNELS
+from occ_audit_ros.conventions import BASE_FRAME, CAMERA_CHANNELS
 
 
 #: ROS parameter type names by the Python type of a default (``ParamSpec.type``).
@@ -189,7 +189,7 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
 
 def relevancy_presets() -> tuple[str, ...]:
     """Preset names offered by ``occ_audit_ros.relevancy`` (its ``PRESETS`` mapping), () if none yet."""
-    from . import relevancy
+    from occ_audit_ros import relevancy
 
     return tuple(sorted(getattr(relevancy, "PRESETS", {}) or ()))
 
@@ -222,6 +222,19 @@ def markdown_table(specs: tuple[ParamSpec, ...] | None = None) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    if "--markdown" in sys.argv:
+def main(argv: list[str] | None = None) -> int:
+    """``occ_audit_params --markdown``: print the perception node's parameter table (docs/ros_node.md)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="occ_audit_params", description=main.__doc__)
+    ap.add_argument("--markdown", action="store_true", help="print the parameter table as Markdown")
+    args = ap.parse_args(argv)
+    if args.markdown:
         print(markdown_table())
+    else:
+        ap.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,11 +17,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import params as param_specs
-from .clip_model import ClipBundle
-from .geometry import backproject_depth, transform_points
-from .relevancy import RelevancyConfig, RelevancyExtractor, as_rgb_uint8
-from .voxel_grid import SemanticVoxels, VoxelGridSpec, semantic_voxels_from_points
+from occ_audit_ros import params as param_specs
+from occ_audit_ros.clip_model import ClipBundle
+from occ_audit_ros.geometry import backproject_depth, transform_points
+from occ_audit_ros.relevancy import RelevancyConfig, RelevancyExtractor, as_rgb_uint8
+from occ_audit_ros.voxel_grid import SemanticVoxels, VoxelGridSpec, semantic_voxels_from_points
 
 LOG = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .clip_model import CLIP_MEAN, CLIP_STD, ClipBundle
+from occ_audit_ros.clip_model import CLIP_MEAN, CLIP_STD, ClipBundle
 
 LOG = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class RelevancyConfig:
 
 def default_presets_path() -> Path:
     """``config/relevancy_presets.yaml`` of the source tree or the colcon install."""
-    from . import paths
+    from occ_audit_ros import paths
 
     return paths.resource("config/relevancy_presets.yaml")
 

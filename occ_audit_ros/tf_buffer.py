@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import invert_transform
+from occ_audit_ros.geometry import invert_transform
 
 
 class TransformUnavailable(LookupError):

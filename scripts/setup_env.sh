@@ -19,11 +19,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $PYTHON"
   "$PYTHON" -m venv .venv
 fi
-want=$(cat requirements.txt setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-training.txt setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv/.occ_audit_requirements 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing requirements into .venv (first run: about 2 minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m pip install -q -r requirements.txt -r requirements-training.txt
   .venv/bin/python -m pip install -q --no-deps -e .
   echo "$want" > .venv/.occ_audit_requirements
 fi

@@ -27,3 +27,15 @@ def keyframe():
     from occ_audit_ros.nuscenes_io import load_keyframe
 
     return load_keyframe(paths.nuscenes_keyframe_dir(), paths.nuscenes_annotations_pkl())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its tier, the folder it lives in: ``unit`` (ROS-free runtime library),
+    ``ros`` (real rclpy, real bags) or ``training`` (offline side), so ``-m unit`` etc. select one."""
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+TIERS = ("unit", "ros", "training")

@@ -2,7 +2,7 @@
 byte-level BPE tokenizer and the real Qwen2-VL processor classes to a local directory.
 
 The model has random weights (no VLM weights exist here): it exercises the loading, prompting,
-generation, decoding and validation code path of :class:`occ_audit_ros.visa.vlm_auditor.VlmAuditor`,
+generation, decoding and validation code path of :class:`training.visa.vlm_auditor.VlmAuditor`,
 never audit quality.
 """
 
@@ -30,7 +30,7 @@ def save_tiny_qwen2vl(out_dir: Path, seed: int = 0) -> Path:
     from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from occ_audit_ros.visa.vlm_auditor import build_prompt
+    from training.visa.vlm_auditor import build_prompt
 
     out_dir = Path(out_dir)
     tok = Tokenizer(models.BPE())

@@ -1,7 +1,7 @@
 """Ship a trained SemAbs checkpoint: weights only + model card, plus a small fixed check split.
 
 The card records data, command, seeds and metrics; ``small_split`` is the mean 32^3 IoU (at the card's
-cutoff) on simulator scenes regenerated in-process from (config/sim_indoor.yaml, seed, indices), which
+cutoff) on simulator scenes regenerated in-process from (training/config/sim_indoor.yaml, seed, indices), which
 ``test/test_semabs_shipped.py`` recomputes and compares.
 
 Usage:
@@ -18,23 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from occ_audit_ros.paths import REPO_ROOT as ROOT  # noqa: E402
 
 from occ_audit_ros.semabs.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from occ_audit_ros.semabs.metrics import iou_table  # noqa: E402
+from training.semabs.metrics import iou_table  # noqa: E402
 
-SMALL_SPLIT = {"config": "config/sim_indoor.yaml", "seed": 1, "indices": [0, 1], "num_input_points": 6000}
+SMALL_SPLIT = {"config": "training/config/sim_indoor.yaml", "seed": 1, "indices": [0, 1], "num_input_points": 6000}
 
 
 def small_split_samples(spec: dict = SMALL_SPLIT) -> list[dict]:
     """SemAbs samples of the fixed check scenes, regenerated with the simulator."""
     from occ_audit_ros import paths
-    from occ_audit_ros.semabs.sim_data import samples_from_scene
-    from occ_audit_ros.sim.indoor import generate_indoor_scene
-    from occ_audit_ros.sim.shards import load_config, scene_rng
-    from occ_audit_ros.sim.vocabulary import Vocabulary
+    from training.semabs.sim_data import samples_from_scene
+    from training.sim.indoor import generate_indoor_scene
+    from training.sim.shards import load_config, scene_rng
+    from training.sim.vocabulary import Vocabulary
 
     cfg = load_config(paths.resource(spec["config"]))
     vocab = Vocabulary.from_config(cfg)

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python training/train_ago.py --config config/ago_train.yaml [--set optim.steps=50 ...]
-    torchrun --nproc_per_node 2 training/train_ago.py --config config/ago_train.yaml   # DDP (gloo on CPU)
+    python training/train_ago.py --config training/config/ago_train.yaml [--set optim.steps=50 ...]
+    torchrun --nproc_per_node 2 training/train_ago.py --config training/config/ago_train.yaml   # DDP (gloo on CPU)
 
 Model and losses come from :mod:`occ_audit_ros.ago` (the same code the perception node runs).
 Checkpoints: ``<out_dir>/ckpt-<step>/`` safetensors, written atomically; a run resumes from
@@ -27,19 +27,17 @@ import torch
 import torch.distributed as dist
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from occ_audit_ros.paths import REPO_ROOT as REPO  # noqa: E402
 
 from occ_audit_ros.config_overrides import apply_overrides  # noqa: E402
 from occ_audit_ros.devices import resolve_device  # noqa: E402
 from occ_audit_ros.ago.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from occ_audit_ros.ago.classes import load_class_config  # noqa: E402
-from occ_audit_ros.ago.data import collate, load_samples, load_samples_file, training_vocabulary  # noqa: E402
-from occ_audit_ros.ago.metrics import OccConfusion, occ3d_table  # noqa: E402
+from training.ago.data import collate, load_samples, load_samples_file, training_vocabulary  # noqa: E402
+from training.ago.metrics import OccConfusion, occ3d_table  # noqa: E402
 from occ_audit_ros.ago.model import ago_losses, build_model  # noqa: E402
 from occ_audit_ros.ago.network import ClipPatchEncoder  # noqa: E402
-from occ_audit_ros.ago.occ_gt import OCC3D_SPEC  # noqa: E402
+from training.ago.occ_gt import OCC3D_SPEC  # noqa: E402
 from occ_audit_ros.ago.prompts import NoiseSampler, dictionary_words, encode_vocabulary  # noqa: E402
 from occ_audit_ros.ago.text import build_text_encoder  # noqa: E402
 from occ_audit_ros.voxel_grid import VoxelGridSpec  # noqa: E402
@@ -102,7 +100,7 @@ def build_everything(cfg: dict, rank: int = 0):
 
 def extra_losses_from_config(cfg: dict) -> list:
     """Extra loss hooks named by the config: with ``visa: {enabled: true, ...}`` the VISA terms of
-    ``occ_audit_ros.visa.ago_hook.build_extra_losses(cfg["visa"], cfg)`` (imported lazily, so the
+    ``training.visa.ago_hook.build_extra_losses(cfg["visa"], cfg)`` (imported lazily, so the
     trainer works without the VISA package); otherwise ``[]``.
 
     Returns:
@@ -120,9 +118,9 @@ def extra_losses_from_config(cfg: dict) -> list:
     if not v.get("enabled", False):
         return []
     try:
-        from occ_audit_ros.visa.ago_hook import build_extra_losses
+        from training.visa.ago_hook import build_extra_losses
     except ImportError as err:
-        raise ValueError(f"visa.enabled is true but occ_audit_ros.visa.ago_hook.build_extra_losses "
+        raise ValueError(f"visa.enabled is true but training.visa.ago_hook.build_extra_losses "
                          f"cannot be imported ({err}); set visa.enabled=false or install the VISA hook") from err
     return list(build_extra_losses(v, cfg))
 
@@ -146,7 +144,7 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
         caller evaluates without rebuilding or reloading anything.
 
     Args:
-        cfg: parsed config (see ``config/ago_train.yaml``).
+        cfg: parsed config (see ``training/config/ago_train.yaml``).
         extra_losses: list of hooks ``fn(batch, outputs, model) -> {name: scalar tensor}``; their
             terms are added to the total and logged. ``outputs["class_logits"]`` is
             (B, X, Y, Z, K + 1) (Occ3D labels 0-17 for the closed vocabulary). ``None`` (default):
@@ -168,7 +166,7 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
     acfg = cfg.get("align", {}) or {}
     source = acfg.get("source", "clip")
     if acfg.get("enabled") and source == "oracle":
-        from occ_audit_ros.ago.oracle_vlm import OracleVoxelVLM
+        from training.ago.oracle_vlm import OracleVoxelVLM
 
         align_target = OracleVoxelVLM(text, ccfg.phrases, acfg.get("noise", 1.0), acfg.get("confusion", 0.2),
                                       seed=cfg.get("seed", 0) * 1000 + 17 + rank)
@@ -286,7 +284,7 @@ def evaluate(model, samples, bank, label_map, identifier: str | None = "entropy"
 def main(argv=None) -> int:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=str(REPO / "config" / "ago_train.yaml"))
+    ap.add_argument("--config", default=str(REPO / "training" / "config" / "ago_train.yaml"))
     ap.add_argument("--set", nargs="*", default=[], help="overrides key.sub=value")
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--eval", action="store_true", help="print the Occ3D table on the training samples after")

@@ -5,8 +5,8 @@ query points (padding masked), AdamW, lr 5e-4, cosine annealing with warm restar
 networks are trained; relevancy comes with the data.
 
 Usage:
-    python training/train_semabs.py --config config/semabs_cpu.yaml [--set train.max_steps=200 ...]
-    torchrun --nproc_per_node 2 training/train_semabs.py --config config/semabs_cpu.yaml   # DDP, gloo on CPU
+    python training/train_semabs.py --config training/config/semabs_cpu.yaml [--set train.max_steps=200 ...]
+    torchrun --nproc_per_node 2 training/train_semabs.py --config training/config/semabs_cpu.yaml   # DDP, gloo on CPU
 
 Resume: rerun the same command; the latest checkpoint ``<out_dir>/last.safetensors`` (written atomically
 every ``train.ckpt_every`` steps) restores weights, AdamW state, scheduler position and step. The data
@@ -32,17 +32,15 @@ import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from occ_audit_ros.paths import REPO_ROOT as ROOT  # noqa: E402
 
 from occ_audit_ros.config_overrides import apply_overrides  # noqa: E402
 from occ_audit_ros.devices import resolve_device  # noqa: E402
-from occ_audit_ros.semabs.batching import num_queried_labels, ovssc_batch, vool_batch  # noqa: E402
+from training.semabs.batching import num_queried_labels, ovssc_batch, vool_batch  # noqa: E402
 from occ_audit_ros.semabs.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
-from occ_audit_ros.semabs.metrics import REFERENCE_CUTOFFS, choose_cutoff, iou_table  # noqa: E402
+from training.semabs.metrics import REFERENCE_CUTOFFS, choose_cutoff, iou_table  # noqa: E402
 from occ_audit_ros.semabs.model import RELATIONS, SemAbsConfig  # noqa: E402
-from occ_audit_ros.semabs.toy import toy_scene  # noqa: E402
+from training.semabs.toy import toy_scene  # noqa: E402
 
 DEFAULTS = {
     "task": "ovssc",
@@ -86,10 +84,10 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> dict:
 class SceneSet:
     """Deterministic scene source: scene i of a split is a pure function of (seed, split, i).
 
-    ``data.source: toy`` uses :func:`occ_audit_ros.semabs.toy.toy_scene` (test/smoke data only);
+    ``data.source: toy`` uses :func:`training.semabs.toy.toy_scene` (test/smoke data only);
     ``data.source: sim`` reads the simulator's shards from ``data.dirs[split]`` (one sample per view,
-    :mod:`occ_audit_ros.semabs.sim_data`); ``data.source: pack`` reads a compact pack
-    ``data.packs[split]`` (:mod:`occ_audit_ros.semabs.pack`, made from those shards).
+    :mod:`training.semabs.sim_data`); ``data.source: pack`` reads a compact pack
+    ``data.packs[split]`` (:mod:`training.semabs.pack`, made from those shards).
 
     Raises:
         ValueError: unknown source or no folder/pack for the split.
@@ -103,7 +101,7 @@ class SceneSet:
         self.mcfg = SemAbsConfig.from_dict(cfg["model"])
         self._cache: dict[int, dict] = {}
         if data["source"] == "sim":
-            from occ_audit_ros.semabs.sim_data import load_sim_samples
+            from training.semabs.sim_data import load_sim_samples
 
             dirs = data.get("dirs") or {}
             if split not in dirs:
@@ -112,7 +110,7 @@ class SceneSet:
             self._cache = dict(enumerate(samples))
             self.size = len(samples)
         elif data["source"] == "pack":
-            from occ_audit_ros.semabs.pack import read_pack
+            from training.semabs.pack import read_pack
 
             packs = data.get("packs") or {}
             if split not in packs:
@@ -161,7 +159,7 @@ def with_relevancy_skip(state: dict) -> dict:
 
 
 def make_batch(task: str, tcfg: dict, scenes: list[dict], rng: np.random.Generator, workspace=None) -> dict:
-    """One batch for the task (see :mod:`occ_audit_ros.semabs.batching`), augmented per ``train.augment``
+    """One batch for the task (see :mod:`training.semabs.batching`), augmented per ``train.augment``
     within ``workspace`` (default: :class:`SemAbsConfig`'s)."""
     if task == "ovssc":
         batch = ovssc_batch(scenes, rng, tcfg["num_input_points"], tcfg["labels_per_scene"], tcfg["num_queries"],
@@ -322,7 +320,7 @@ def predict_items(model: torch.nn.Module, task: str, scene: dict, num_points: in
 
 
 def evaluate(model: torch.nn.Module, task: str, cfg: dict, scenes, cutoff: float | None = None) -> dict:
-    """Voxel IoU at ``eval.grid``^3 (SemAbs protocol, :mod:`occ_audit_ros.semabs.metrics`).
+    """Voxel IoU at ``eval.grid``^3 (SemAbs protocol, :mod:`training.semabs.metrics`).
 
     Args:
         cutoff: fixed logit cutoff (test splits); None sweeps the reference cutoffs and picks the best
@@ -370,11 +368,11 @@ def train(cfg: dict, progress: bool = True) -> dict:
     ``<out_dir>/weights.safetensors`` (weights only) at the end. ``train.init_weights``: a checkpoint whose
     weights start the run (fine-tuning; fresh optimiser and schedule; ignored once ``last.safetensors``
     exists). ``train.ovssc_positive_fraction`` / ``train.ovssc_balanced`` / ``train.ovssc_importance_weighted``:
-    OVSSC query sampling and its importance weights (:func:`occ_audit_ros.semabs.batching.ovssc_batch`;
+    OVSSC query sampling and its importance weights (:func:`training.semabs.batching.ovssc_batch`;
     default uniform as in the paper). ``train.ovssc_soft_iou_weight``: weight of the per-item soft-IoU term
     (:func:`soft_iou_loss`; default 0, the paper's plain BCE). ``train.vool_balance_relations``: draw a scene's
     descriptions with relations balanced, as the reference code does (default false, the shipped VOOL runs'
-    uniform draw; :func:`occ_audit_ros.semabs.batching.vool_batch`).
+    uniform draw; :func:`training.semabs.batching.vool_batch`).
 
     Raises:
         ValueError: ``train.device`` other than cpu / cuda / auto, or cuda without a GPU;
@@ -496,7 +494,7 @@ def train(cfg: dict, progress: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default=str(ROOT / "config" / "semabs_cpu.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "training" / "config" / "semabs_cpu.yaml"))
     ap.add_argument("--set", nargs="*", default=[], help="overrides key.sub=value (YAML values)")
     ap.add_argument("--eval", action="store_true", help="evaluate <out_dir>/last.safetensors on the val split")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (logs)")

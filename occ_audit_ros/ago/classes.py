@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import paths
+from occ_audit_ros import paths
 
 __all__ = ["ClassConfig", "load_class_config", "OCC3D_CLASSES", "FREE_LABEL", "IGNORE_LABEL"]
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .prompts import TextBank
+from occ_audit_ros.ago.prompts import TextBank
 
 __all__ = ["ModalityAdapter", "GroundingHead", "LinearHead", "entropy", "open_world_identify"]
 

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..voxel_grid import SemanticVoxels, VoxelGridSpec
-from .checkpoint import latest_checkpoint, load_checkpoint, read_metadata
-from .model import AgoModel, build_model
-from .network import lift_geometry
-from .prompts import TextBank, encode_vocabulary
-from .text import TextEncoder, build_text_encoder
+from occ_audit_ros.voxel_grid import SemanticVoxels, VoxelGridSpec
+from occ_audit_ros.ago.checkpoint import latest_checkpoint, load_checkpoint, read_metadata
+from occ_audit_ros.ago.model import AgoModel, build_model
+from occ_audit_ros.ago.network import lift_geometry, resize_image
+from occ_audit_ros.ago.prompts import TextBank, encode_vocabulary
+from occ_audit_ros.ago.text import TextEncoder, build_text_encoder
 
 __all__ = ["AgoPredictor", "AgoResult"]
 
@@ -90,7 +90,7 @@ class AgoPredictor:
         cfg = meta["config"]
         clip = None
         if cfg.get("clip_model"):
-            from ..clip_model import load_clip
+            from occ_audit_ros.clip_model import load_clip
 
             clip = load_clip(cfg["clip_model"], device=device)
         cache = cfg.get("text_cache")  # the training's precomputed cache, when it is on this machine
@@ -150,8 +150,6 @@ class AgoPredictor:
         Raises:
             ValueError: mismatched list lengths or a bad image.
         """
-        from .data import _resize
-
         if not (len(images) == len(Ks) == len(T_base_cams)) or (depths is not None and len(depths) != len(images)):
             raise ValueError(f"{len(images)} images, {len(Ks)} intrinsics, {len(T_base_cams)} poses"
                              f"{'' if depths is None else f', {len(depths)} depths'}: must match")
@@ -166,7 +164,7 @@ class AgoPredictor:
 
                 small = np.asarray(Image.fromarray(im).resize((self.image_hw[1], self.image_hw[0]), Image.BILINEAR))
             else:
-                small = _resize(im, self.image_scale)
+                small = resize_image(im, self.image_scale)
             ims.append(torch.from_numpy(np.array(small)).permute(2, 0, 1).float() / 255)
         geom = self._geometry(Ks, T_base_cams, sizes)
         dev = next(self.model.parameters()).device
@@ -189,8 +187,8 @@ class AgoPredictor:
     def predict_keyframe(self, keyframe) -> AgoResult:
         """:meth:`predict` on a :class:`nuscenes_io.Keyframe` (cameras moved into ``base_link`` at the
         LiDAR timestamp, LiDAR depth per camera), as the evaluation uses it."""
-        from ..geometry import invert_transform
-        from ..nuscenes_io import lidar_depth_for_camera
+        from occ_audit_ros.geometry import invert_transform
+        from occ_audit_ros.nuscenes_io import lidar_depth_for_camera
 
         T_base_map = invert_transform(keyframe.lidar.T_map_base)
         cams = list(keyframe.cameras.values())

@@ -11,11 +11,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .head import GroundingHead, LinearHead, open_world_identify
-from .classes import FREE_LABEL, IGNORE_LABEL
-from .losses import alignment_loss, grounding_loss, occupancy_loss
-from .network import CameraToVoxelNet, ClipPatchEncoder, SmallCNN, lift_features
-from .prompts import TextBank
+from occ_audit_ros.ago.head import GroundingHead, LinearHead, open_world_identify
+from occ_audit_ros.ago.classes import FREE_LABEL, IGNORE_LABEL
+from occ_audit_ros.ago.losses import alignment_loss, grounding_loss, occupancy_loss
+from occ_audit_ros.ago.network import CameraToVoxelNet, ClipPatchEncoder, SmallCNN, lift_features
+from occ_audit_ros.ago.prompts import TextBank
 
 __all__ = ["AgoModel", "build_model", "ago_losses", "ExtraLoss"]
 

@@ -22,11 +22,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..geometry import invert_transform, transform_points
-from ..voxel_grid import VoxelGridSpec
+from occ_audit_ros.geometry import invert_transform, transform_points
+from occ_audit_ros.voxel_grid import VoxelGridSpec
 
-__all__ = ["ImageEncoder", "SmallCNN", "ClipPatchEncoder", "LiftGeometry", "lift_geometry",
+__all__ = ["resize_image", "ImageEncoder", "SmallCNN", "ClipPatchEncoder", "LiftGeometry", "lift_geometry",
            "lift_features", "CameraToVoxelNet", "NUM_DEPTH_CHANNELS"]
+
+def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """Bilinear resize of an RGB image by ``scale`` (Pillow), at least 8 x 8 pixels.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        scale: size factor, > 0.
+
+    Returns:
+        (round(H * scale), round(W * scale), 3) uint8, each side at least 8.
+    """
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
 
 #: Depth-evidence channels appended to the lifted features: seen, free, surface, occluded, 1/depth.
 NUM_DEPTH_CHANNELS = 5

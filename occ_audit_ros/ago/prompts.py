@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .text import TextEncoder, minilm_model_dir
+from occ_audit_ros.ago.text import TextEncoder, minilm_model_dir
 
 __all__ = ["TextBank", "encode_vocabulary", "dictionary_words", "write_dictionary", "NoiseSampler"]
 

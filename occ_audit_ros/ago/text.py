@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_path
+from occ_audit_ros.atomic import atomic_path
 
 __all__ = ["TextEncoder", "MiniLMTextEncoder", "ClipTextEncoder", "CachedTextEncoder",
            "minilm_model_dir", "build_text_encoder"]

@@ -25,7 +25,7 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
-from ..launch_static import PACKAGE, ResolvedNode, compose, flatten_params_file
+from occ_audit_ros.launch_static import PACKAGE, ResolvedNode, compose, flatten_params_file
 
 #: Executables of this package the launcher can start in-process.
 RUNNABLE = ("perception_node", "bag_player")
@@ -45,7 +45,7 @@ def build_node(spec: ResolvedNode):
         raise ValueError(f"{spec.package}/{spec.executable} cannot run in-process")
     overrides = [_param(k, v) for k, v in spec.params.items()]
     if spec.executable == "perception_node":
-        from .perception_node import PerceptionNode
+        from occ_audit_ros.nodes.perception_node import PerceptionNode
 
         cli = ["--ros-args"]
         for f in spec.param_files:
@@ -55,7 +55,7 @@ def build_node(spec: ResolvedNode):
         if spec.name != "perception_node":
             cli += ["-r", f"__node:={spec.name}"]
         return PerceptionNode(cli_args=cli, parameter_overrides=overrides)
-    from .bag_player import BagPlayer
+    from occ_audit_ros.nodes.bag_player import BagPlayer
 
     if spec.remappings:
         raise ValueError("bag_player publishes the bag's own topic names; remappings are not supported")

@@ -12,7 +12,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from ..params import ParamSpec
+from occ_audit_ros.params import ParamSpec
 
 __all__ = ["ros_type", "declare_parameters", "overrides_from_kwargs"]
 

@@ -50,17 +50,17 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from .. import conventions, paths
-from ..backends import AgoBackend, HiddenObjectAnswer, SemAbsBackend
-from ..clip_model import ClipWeightsUnavailable, load_clip
-from ..devices import resolve_device
-from ..params import PARAMS_BY_NAME, PERCEPTION_PARAMS, check_preset, validate
-from ..pipeline import CameraInput, PerceptionPipeline, PipelineResult, pipeline_config_from_params
-from ..sync import ApproximateSynchronizer
-from ..relevancy import RelevancyExtractor
-from ..tf_buffer import TransformBuffer, TransformUnavailable
-from .parameters import declare_parameters
-from .conversions import (camera_info_to_K, check_image_matches_info, depth_from_image_msg,
+from occ_audit_ros import conventions, paths
+from occ_audit_ros.backends import AgoBackend, HiddenObjectAnswer, SemAbsBackend
+from occ_audit_ros.clip_model import ClipWeightsUnavailable, load_clip
+from occ_audit_ros.devices import resolve_device
+from occ_audit_ros.params import PARAMS_BY_NAME, PERCEPTION_PARAMS, check_preset, validate
+from occ_audit_ros.pipeline import CameraInput, PerceptionPipeline, PipelineResult, pipeline_config_from_params
+from occ_audit_ros.sync import ApproximateSynchronizer
+from occ_audit_ros.relevancy import RelevancyExtractor
+from occ_audit_ros.tf_buffer import TransformBuffer, TransformUnavailable
+from occ_audit_ros.nodes.parameters import declare_parameters
+from occ_audit_ros.nodes.conversions import (camera_info_to_K, check_image_matches_info, depth_from_image_msg,
                           hidden_object_to_markers, hidden_object_to_msg, hidden_object_to_pointcloud2,
                           rgb_from_image_msg, semantic_voxels_to_markers, semantic_voxels_to_msg,
                           semantic_voxels_to_pointcloud2, stamp_to_ns, transform_to_matrix)

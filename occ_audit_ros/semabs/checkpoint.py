@@ -18,8 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..atomic import atomic_path
-from .model import SemAbsConfig, SemAbsOVSSC, SemAbsVOOL
+from occ_audit_ros.atomic import atomic_path
+from occ_audit_ros.semabs.model import SemAbsConfig, SemAbsOVSSC, SemAbsVOOL
 
 __all__ = ["save_checkpoint", "load_checkpoint", "build_model"]
 

@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
-from .model import SemAbsOVSSC, SemAbsVOOL, ovssc_argmax, relation_ids
-from .pointcloud import Workspace, lattice_points, relevancy_point_cloud, sample_points
+from occ_audit_ros.semabs.checkpoint import load_checkpoint
+from occ_audit_ros.semabs.model import SemAbsOVSSC, SemAbsVOOL, ovssc_argmax, relation_ids
+from occ_audit_ros.semabs.pointcloud import Workspace, lattice_points, relevancy_point_cloud, sample_points
 
 __all__ = ["OVSSCResult", "VOOLResult", "SemAbsPredictor"]
 

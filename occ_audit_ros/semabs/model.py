@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pointcloud import Workspace, normalise_queries, scatter_max_grid
-from .unet3d import ResidualUNet3D
+from occ_audit_ros.semabs.pointcloud import Workspace, normalise_queries, scatter_max_grid
+from occ_audit_ros.semabs.unet3d import ResidualUNet3D
 
 __all__ = ["RELATIONS", "SemAbsConfig", "PointEncoder", "CompletionEncoder", "sample_grid", "cell_relevancy",
            "ImplicitDecoder", "SemAbsOVSSC", "SemAbsVOOL", "ovssc_argmax", "relation_ids"]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..geometry import backproject_depth, transform_points
+from occ_audit_ros.geometry import backproject_depth, transform_points
 
 __all__ = ["Workspace", "relevancy_point_cloud", "sample_points", "grid_indices", "scatter_max_grid",
            "normalise_queries", "lattice_points", "frustum_mask"]
@@ -215,7 +215,7 @@ def frustum_mask(points: np.ndarray, K: np.ndarray, T_ws_cam: np.ndarray, image_
         points: (N, 3) in the workspace frame [m]; K: (3, 3); T_ws_cam: (4, 4) camera pose;
         image_size: (H, W) [px].
     """
-    from ..geometry import invert_transform, project_points
+    from occ_audit_ros.geometry import invert_transform, project_points
 
     pc = transform_points(invert_transform(T_ws_cam), np.asarray(points).reshape(-1, 3))
     uv, z = project_points(K, pc)

@@ -20,8 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from .. import conventions, paths
-from ..clip_model import ClipWeightsUnavailable
+from occ_audit_ros import conventions, paths
+from occ_audit_ros.clip_model import ClipWeightsUnavailable
 
 OUTPUT_TOPICS = {
     "/" + conventions.SEMANTIC_VOXELS_TOPIC: "occ_audit_ros/msg/SemanticVoxelGrid",
@@ -66,7 +66,7 @@ def read_voxel_grids(bag: Path):
 
     from occ_audit_ros.msg import SemanticVoxelGrid
 
-    from ..nodes.conversions import msg_to_semantic_voxels
+    from occ_audit_ros.nodes.conversions import msg_to_semantic_voxels
 
     out = []
     with Reader(bag) as reader:
@@ -110,12 +110,12 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
-    from ..nodes.bag_player import BagPlayer
-    from ..nodes.bag_recorder import BagRecorder
-    from ..nodes.perception_node import PerceptionNode
-    from ..nuscenes_io import load_keyframe
-    from ..tools.nuscenes_to_bag import write_keyframe_bag
-    from ..viz import save_bev_png, save_relevancy_overlay_png
+    from occ_audit_ros.nodes.bag_player import BagPlayer
+    from occ_audit_ros.nodes.bag_recorder import BagRecorder
+    from occ_audit_ros.nodes.perception_node import PerceptionNode
+    from occ_audit_ros.nuscenes_io import load_keyframe
+    from occ_audit_ros.tools.nuscenes_to_bag import write_keyframe_bag
+    from occ_audit_ros.viz import save_bev_png, save_relevancy_overlay_png
 
     t_start = time.perf_counter()
     out = args.output.resolve()
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     bev = save_bev_png(voxels, out / "bev_semantic_occupancy.png", boxes=keyframe.boxes, title=title)
     hidden_png = None
     if answer is not None and not answer.error:
-        from ..viz import save_hidden_object_png
+        from occ_audit_ros.viz import save_hidden_object_png
 
         cam = getattr(node.backend, "camera", None)
         hidden_png = save_hidden_object_png(voxels, answer, out / "hidden_object.png",

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import conventions, paths
-from ..geometry import matrix_to_quaternion
+from occ_audit_ros import conventions, paths
+from occ_audit_ros.geometry import matrix_to_quaternion
 
 __all__ = [
     "BagMessage",
@@ -302,7 +302,7 @@ def keyframe_messages(keyframe, typestore=None) -> list[BagMessage]:
         Messages sorted by time (ties: ``/clock``, ``/tf_static``, ``/tf``, then the data).
         Depth images are computed here with :func:`nuscenes_io.lidar_depth_for_camera`.
     """
-    from ..nuscenes_io import lidar_depth_for_camera
+    from occ_audit_ros.nuscenes_io import lidar_depth_for_camera
 
     types = (typestore or get_kilted_typestore()).types
     us = 1000  # nuScenes stamps are microseconds
@@ -466,7 +466,7 @@ def main(argv=None) -> int:
                         help="do not zstd-compress MCAP chunks")
     args = parser.parse_args(argv)
 
-    from ..nuscenes_io import load_keyframe
+    from occ_audit_ros.nuscenes_io import load_keyframe
 
     start = time.perf_counter()
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
+from occ_audit_ros.atomic import atomic_path
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .. import paths
-    from ..clip_model import ClipWeightsUnavailable, load_clip
-    from ..relevancy import RelevancyConfig, RelevancyExtractor, as_rgb_uint8
-    from ..viz import save_relevancy_overlay_png
+    from occ_audit_ros import paths
+    from occ_audit_ros.clip_model import ClipWeightsUnavailable, load_clip
+    from occ_audit_ros.relevancy import RelevancyConfig, RelevancyExtractor, as_rgb_uint8
+    from occ_audit_ros.viz import save_relevancy_overlay_png
 
     try:
         labels = [str(label) for label in args.labels]

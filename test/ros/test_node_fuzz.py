@@ -1,0 +1,178 @@
+"""Fuzz the perception node over real rclpy: malformed messages -> alive, rate-limited warnings,
+valid frames answered afterwards; run-time parameter validation; QoS overrides and events; diagnostics.
+
+CI sends OCC_AUDIT_FUZZ_N malformed items (default 400, about 1,100 messages);
+``benchmarks/node_latency.py --fuzz 1000`` runs the full count.
+"""
+
+import os
+import re
+import time
+
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+from occ_audit_ros.nodes.conversions import msg_to_semantic_voxels, stamp_to_ns
+from node_checks import InputDriver, run_fuzz, synthetic_frame, tf_message_type, wait_until
+from node_fixtures import RosContext, small_node
+
+FUZZ_N = int(os.environ.get("OCC_AUDIT_FUZZ_N", "400"))
+
+
+@pytest.fixture
+def ros():
+    ctx = RosContext()
+    yield ctx
+    ctx.close()
+
+
+class Sink(Node):
+    def __init__(self):
+        super().__init__("fuzz_sink")
+        from occ_audit_ros.msg import SemanticVoxelGrid
+
+        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.grids, self.diags = [], []
+        self.create_subscription(SemanticVoxelGrid, "/semantic_voxels", self.grids.append, qos)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append, qos)
+
+
+def _valid_until_answered(node, driver, sink, frame, stamp_ns, timeout_s=60.0):
+    """Send the valid frame (stamped ``stamp_ns``) until a grid with that stamp arrives."""
+    deadline = time.monotonic() + timeout_s
+    f = frame.restamped(stamp_ns)
+    while time.monotonic() < deadline:
+        driver.send_frame(f)
+        if wait_until(lambda: any(stamp_to_ns(g.header.stamp) == stamp_ns for g in sink.grids), 2.0):
+            return next(g for g in sink.grids if stamp_to_ns(g.header.stamp) == stamp_ns)
+    raise AssertionError(f"no answer to a valid frame; counters {node.counters}")
+
+
+def test_fuzz_node_survives_and_rate_limits(ros, capfd):
+    period = 1.0
+    node = ros.add(small_node(warn_period_s=period))
+    sink = ros.add(Sink())
+    driver = ros.add(InputDriver())
+    good = synthetic_frame()
+    driver.send({"tf_static": good.tf_static})
+    assert driver.wait_for_subscribers()
+    first = _valid_until_answered(node, driver, sink, good, 1_000_000_000)
+    assert len(msg_to_semantic_voxels(first).indices) > 0
+    processed_before = node.counters["processed"]
+    capfd.readouterr()
+
+    t0 = time.monotonic()
+    stats = run_fuzz(node, driver, good, FUZZ_N, seed=1)
+    n_msgs, kinds = stats["messages"], stats["kinds"]
+    # Empty / blank / duplicate label lists and unknown presets are refused, the old labels stay.
+    for bad in ([], [""], ["car", "car"], ["  "]):
+        res = node.set_parameters([Parameter("labels", Parameter.Type.STRING_ARRAY, bad)])[0]
+        assert not res.successful
+    assert not node.set_parameters([Parameter("relevancy.preset", value="no_such_preset")])[0].successful
+    assert not node.set_parameters([Parameter("grid.voxel_size", value=0.2)])[0].successful  # restart-only
+    assert node.pipeline.config.labels == ["car", "road", "tree"]
+    # Let the worker drain, then a valid frame is answered.
+    time.sleep(0.5)
+    grid = _valid_until_answered(node, driver, sink, good, 3_000_000_000_000)
+    elapsed = time.monotonic() - t0
+    assert node._worker.is_alive() and ros.thread.is_alive()
+    assert node.counters["processed"] > processed_before
+    assert list(grid.labels) == ["car", "road", "tree"] and len(msg_to_semantic_voxels(grid).indices) > 0
+    assert node.counters["skipped"] + node.counters["rejected_msgs"] > FUZZ_N // 2, node.counters
+    assert len(kinds) >= 10, kinds
+    if FUZZ_N >= 350:
+        assert n_msgs >= 1000, n_msgs
+
+    # Rate limiting: per kind at most one warning per period (+1 for the window edges), and the
+    # log holds exactly the counted ones.
+    # warn() counts a warning once it is written, so one read holds every counted line (reading stderr
+    # repeatedly while the node writes can drop lines: capfd truncates the file between reads).
+    err = capfd.readouterr().err
+    logged = {k: c[0] for k, c in node.warn_counts.items()}
+    n_warn_lines = len(re.findall(r"\[WARN\].*perception_node", err))
+    suppressed = sum(c[1] for c in node.warn_counts.values())
+    for key, n in logged.items():
+        assert n <= elapsed / period + 2, (key, n, elapsed)
+    print(f"fuzz: {FUZZ_N} items, {n_msgs} messages in {elapsed:.1f} s; kinds {kinds}; counters {node.counters}; "
+          f"warnings logged {logged}, suppressed {suppressed}")
+    assert suppressed > sum(logged.values()), (logged, suppressed)
+    assert n_warn_lines == sum(logged.values()), (n_warn_lines, logged)
+
+    # A valid label change takes effect on the next frame.
+    assert node.set_parameters([Parameter("labels", value=["tree", "car"])])[0].successful
+    grid = _valid_until_answered(node, driver, sink, good, 3_001_000_000_000)
+    assert list(grid.labels) == ["tree", "car"]
+
+    # /diagnostics: counters, rates, per-stage latency.
+    assert wait_until(lambda: len(sink.diags) >= 2, 5.0)
+    status = {s.name: s for s in sink.diags[-1].status}
+    pipe = {kv.key: kv.value for kv in status["perception_node: pipeline"].values}
+    assert processed_before < int(pipe["processed"]) <= node.counters["processed"]
+    assert int(pipe["skipped"]) > 0
+    for stage in ("queue", "convert", "relevancy", "backproject", "fuse", "publish", "end_to_end"):
+        assert float(pipe[f"latency_{stage}_mean_s"]) >= 0.0
+    assert float(pipe["latency_end_to_end_max_s"]) >= float(pipe["latency_relevancy_mean_s"]) > 0
+    assert pipe["tf_backend"] == "occ_audit_ros.tf_buffer" and pipe["random_weights"] == "true"
+    assert any(s.level == DiagnosticStatus.WARN for d in sink.diags for s in d.status)
+
+
+def test_qos_override_and_incompatible_qos_events(ros, capfd):
+    node = ros.add(small_node(**{"qos_overrides./cam_front/image_raw.subscription.reliability": "reliable"}))
+    infos = node.get_subscriptions_info_by_topic("/cam_front/image_raw")
+    assert [i.qos_profile.reliability for i in infos] == [ReliabilityPolicy.RELIABLE]
+    depth_infos = node.get_subscriptions_info_by_topic("/cam_front/depth")
+    assert [i.qos_profile.reliability for i in depth_infos] == [ReliabilityPolicy.BEST_EFFORT]
+    peer = ros.add(Node("qos_peer"))
+    # best-effort image publisher vs the overridden reliable subscription; volatile /tf_static
+    # publisher vs the transient-local subscription; a transient-local subscriber of a volatile output.
+    from sensor_msgs.msg import Image
+
+    from occ_audit_ros.msg import SemanticVoxelGrid
+
+    peer.create_publisher(Image, "/cam_front/image_raw", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+    peer.create_publisher(tf_message_type(), "/tf_static", QoSProfile(depth=1, durability=DurabilityPolicy.VOLATILE))
+    peer.create_subscription(SemanticVoxelGrid, "/semantic_voxels", lambda m: None,
+                             QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    # The three events arrive in any order; warn() counts a warning once it is written, so stderr is read
+    # once, after every topic's warning is counted (polling capfd while the node writes can drop lines).
+    topics = ("/cam_front/image_raw", "/tf_static", "semantic_voxels")
+    assert wait_until(lambda: all(node.warn_counts.get(f"qos:{t}", [0])[0] >= 1 for t in topics), 15.0), \
+        (node.counters, node.warn_counts)
+    err = capfd.readouterr().err
+    for topic in topics:
+        assert f"incompatible QoS on {topic}" in err, err[-3000:]
+    assert node.counters["qos_incompatible"] >= 3, node.counters
+    assert "RELIABILITY" in err and "DURABILITY" in err
+
+
+def test_runtime_relevancy_preset_is_validated_and_applied(ros):
+    from occ_audit_ros.params import relevancy_presets
+
+    node = ros.add(small_node())
+    sink = ros.add(Sink())
+    driver = ros.add(InputDriver())
+    good = synthetic_frame()
+    driver.send({"tf_static": good.tf_static})
+    assert driver.wait_for_subscribers()
+    _valid_until_answered(node, driver, sink, good, 1_000_000_000)
+    before = node.pipeline.extractor
+    assert not node.set_parameters([Parameter("relevancy.preset", value="no_such_preset")])[0].successful
+    presets = relevancy_presets()
+    if not presets:  # occ_audit_ros.relevancy offers no presets yet: any name is refused
+        assert not node.set_parameters([Parameter("relevancy.preset", value="fast")])[0].successful
+        return
+    name = "fast" if "fast" in presets else presets[0]
+    assert node.set_parameters([Parameter("relevancy.preset", value=name)])[0].successful
+    _valid_until_answered(node, driver, sink, good, 2_000_000_000)
+    from occ_audit_ros import relevancy
+
+    expected = relevancy.PRESETS[name]
+    assert node.pipeline.extractor is not before
+    assert tuple(node.pipeline.config.relevancy.tile_fractions) == tuple(expected.tile_fractions)
+    # back to the relevancy.* parameters
+    assert node.set_parameters([Parameter("relevancy.preset", value="")])[0].successful
+    _valid_until_answered(node, driver, sink, good, 3_000_000_000)
+    assert tuple(node.pipeline.config.relevancy.tile_fractions) == (1.0,)
