@@ -20,6 +20,7 @@ RUNTIME_SCRIPTS = {
     "occ_audit_launch": "occ_audit_ros.nodes.launcher:main",
     "occ_audit_relevancy": "occ_audit_ros.tools.relevancy_cli:main",
     "occ_audit_params": "occ_audit_ros.params:main",
+    "occ_audit_semabs_import": "occ_audit_ros.semabs.importer:main",
 }
 TRAINING_SCRIPTS = {
     "occ_audit_train_ago": "training.train_ago:main",

@@ -151,8 +151,8 @@ def latency_and_soak(args) -> dict:
         rss_end = rss_bytes()
         diag = {kv.key: kv.value for kv in node.diagnostics().status[0].values}
         counters = dict(node.counters)
-        clip = node.pipeline.clip
-        rel = node.pipeline.config.relevancy
+        clip = node.clip
+        rel = node.config.relevancy
     finally:
         executor.shutdown()
         node.destroy_node()

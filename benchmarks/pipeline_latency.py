@@ -20,7 +20,8 @@ import torch
 from occ_audit_ros import paths
 from occ_audit_ros.clip_model import load_clip
 from occ_audit_ros.nuscenes_io import lidar_depth_for_camera, load_keyframe
-from occ_audit_ros.pipeline import CameraInput, PerceptionPipeline, pipeline_config_from_params
+from occ_audit_ros.nodes.backend_params import pipeline_config
+from occ_audit_ros.pipeline import CameraInput, PerceptionPipeline
 from occ_audit_ros.relevancy import tile_origins
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     clip = load_clip(args.clip_model, device=args.device)
     load_s = time.perf_counter() - t0
-    config = pipeline_config_from_params({})
+    config = pipeline_config({})  # the perception node's parameter defaults
     pipeline = PerceptionPipeline(clip, config)
     rel = config.relevancy
     crops = 0

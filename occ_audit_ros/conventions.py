@@ -49,6 +49,11 @@ def image_topic(channel: str) -> str:
     return camera_namespace(channel) + "/image_raw"
 
 
+def compressed_image_topic(channel: str) -> str:
+    """``sensor_msgs/CompressedImage`` topic (JPEG or PNG, image_transport's ``compressed``)."""
+    return image_topic(channel) + "/compressed"
+
+
 def camera_info_topic(channel: str) -> str:
     """``sensor_msgs/CameraInfo`` topic of a camera channel (intrinsics of image_raw and depth)."""
     return camera_namespace(channel) + "/camera_info"

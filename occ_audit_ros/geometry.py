@@ -6,8 +6,20 @@ Conventions used throughout the package:
   ``b`` into frame ``a``: ``p_a = T_a_b @ p_b``. So ``T_map_base`` is the pose of ``base_link`` in
   ``map`` and ``T_base_cam`` the pose of a camera optical frame in ``base_link`` (exactly the
   nuScenes ``ego_pose`` and ``calibrated_sensor`` records).
-* Quaternions are given scalar-first, ``(w, x, y, z)``, as nuScenes stores them. ROS messages use
-  ``(x, y, z, w)``; convert at the message boundary only.
+* Quaternions: this module is the one place that converts between quaternions and matrices (all
+  through :class:`scipy.spatial.transform.Rotation`). Two orders exist and each function names
+  its own:
+
+  - scalar first, ``(w, x, y, z)``, as nuScenes stores them: :func:`quaternion_to_matrix`,
+    :func:`matrix_to_quaternion`, :func:`make_transform`;
+  - scalar last, ``(x, y, z, w)``, the field order of ROS ``geometry_msgs/Quaternion`` (and of
+    scipy's default): :func:`pose_xyzw_to_matrix` and :func:`matrix_to_pose_xyzw`, the pair the
+    ROS message code uses.
+
+  Quaternions computed from a matrix are unit with ``w >= 0`` (scipy's canonical form: when ``w``
+  is exactly 0, the first non-zero of ``x, y, z`` is positive). ``q`` and ``-q`` are the same
+  rotation; for half turns ``w`` is usually a round-off residue (~1e-17) rather than 0, so there the
+  sign of ``(x, y, z)`` follows round-off and only ``w >= 0`` is guaranteed.
 * Camera frames are optical frames (x right, y down, z forward); pixel ``(u, v)`` = (column, row)
   with integer values at pixel centres (OpenCV / ROS ``CameraInfo`` convention), so the pixel that
   contains ``(u, v)`` is ``(round(u), round(v))``.
@@ -22,6 +34,8 @@ from scipy.spatial.transform import Rotation
 __all__ = [
     "quaternion_to_matrix",
     "matrix_to_quaternion",
+    "pose_xyzw_to_matrix",
+    "matrix_to_pose_xyzw",
     "yaw_to_matrix",
     "make_transform",
     "invert_transform",
@@ -54,10 +68,17 @@ def quaternion_to_matrix(q_wxyz) -> np.ndarray:
 
 
 def matrix_to_quaternion(rotation) -> np.ndarray:
-    """Unit quaternion ``(w, x, y, z)`` of a (3, 3) rotation matrix (or the rotation of a (4, 4)).
+    """Unit quaternion ``(w, x, y, z)`` (scalar first, nuScenes order) of a rotation matrix.
+
+    Args:
+        rotation: (3, 3) rotation matrix, or a (4, 4) transform whose rotation block is used. A
+            slightly non-orthonormal matrix gives the quaternion of the nearest rotation.
 
     Returns:
         (4,) float64 with ``w >= 0`` (the sign is canonicalised so round trips are stable).
+
+    Raises:
+        ValueError: on another shape.
     """
     r = np.asarray(rotation, dtype=np.float64)
     if r.shape == (4, 4):
@@ -66,6 +87,72 @@ def matrix_to_quaternion(rotation) -> np.ndarray:
         raise ValueError(f"rotation must be (3, 3) or (4, 4), got shape {r.shape}")
     q = Rotation.from_matrix(r).as_quat(canonical=True, scalar_first=True)
     return q.astype(np.float64)
+
+
+def pose_xyzw_to_matrix(translation, quaternion_xyzw, norm_tolerance: float = 1e-3) -> np.ndarray:
+    """Homogeneous transform from a translation and a scalar-last ``(x, y, z, w)`` quaternion.
+
+    The order of ROS ``geometry_msgs/Transform`` and ``Pose``. The quaternion is renormalised
+    (float round-off in upstream TF math), but one whose norm is more than ``norm_tolerance`` off 1
+    is rejected as garbage rather than silently "fixed".
+
+    Args:
+        translation: (3,) metres, the origin of the child frame in the parent frame.
+        quaternion_xyzw: (4,) rotation of the child frame in the parent frame, ``(x, y, z, w)``.
+        norm_tolerance: largest accepted ``| |q| - 1 |``.
+
+    Returns:
+        (4, 4) float64 ``T_parent_child`` (``p_parent = T @ p_child``).
+
+    Raises:
+        ValueError: on wrong sizes, non-finite values or a quaternion norm off 1 by more than
+            ``norm_tolerance``.
+    """
+    t = np.asarray(translation, dtype=np.float64).reshape(-1)
+    q = np.asarray(quaternion_xyzw, dtype=np.float64).reshape(-1)
+    if t.shape != (3,) or q.shape != (4,):
+        raise ValueError(f"need a (3,) translation and an (x, y, z, w) quaternion, got {t.shape} and {q.shape}")
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
+        raise ValueError(f"transform has non-finite values: t={t.tolist()}, q={q.tolist()}")
+    norm = float(np.linalg.norm(q))
+    if abs(norm - 1.0) > norm_tolerance:
+        raise ValueError(f"quaternion (x, y, z, w)={q.tolist()} has norm {norm}, not 1")
+    T = np.eye(4, dtype=np.float64)
+    T[:3, :3] = Rotation.from_quat(q / norm).as_matrix()  # scipy's default order is (x, y, z, w)
+    T[:3, 3] = t
+    return T
+
+
+def matrix_to_pose_xyzw(matrix, rotation_tolerance: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Translation and scalar-last ``(x, y, z, w)`` quaternion of a rigid transform.
+
+    Inverse of :func:`pose_xyzw_to_matrix`; the order of ROS ``geometry_msgs/Transform``.
+
+    Args:
+        matrix: (4, 4) rigid transform ``T_parent_child``: rotation block orthonormal within
+            ``rotation_tolerance`` with det > 0, last row (0, 0, 0, 1).
+        rotation_tolerance: largest accepted entry of ``|R R^T - I|``.
+
+    Returns:
+        ``(translation, quaternion_xyzw)``: (3,) float64 metres and (4,) float64 unit quaternion
+        with ``w >= 0`` (scipy's canonical sign).
+
+    Raises:
+        ValueError: on a wrong shape, non-finite values, a last row other than (0, 0, 0, 1) or a
+            rotation block that is not a proper rotation (a reflection, a scale).
+    """
+    T = np.asarray(matrix, dtype=np.float64)
+    if T.shape != (4, 4):
+        raise ValueError(f"transform matrix must be (4, 4), got {T.shape}")
+    if not np.all(np.isfinite(T)):
+        raise ValueError("transform matrix has non-finite entries")
+    if not np.allclose(T[3], [0, 0, 0, 1], atol=1e-9):
+        raise ValueError(f"last row of a rigid transform must be (0, 0, 0, 1), got {T[3].tolist()}")
+    R = T[:3, :3]
+    if not (np.allclose(R @ R.T, np.eye(3), atol=rotation_tolerance) and np.linalg.det(R) > 0):
+        raise ValueError(f"rotation block is not a proper rotation matrix: {R.tolist()}")
+    q = Rotation.from_matrix(R).as_quat(canonical=True)
+    return T[:3, 3].copy(), q.astype(np.float64)
 
 
 def yaw_to_matrix(yaw: float) -> np.ndarray:

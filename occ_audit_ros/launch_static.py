@@ -5,7 +5,10 @@ module reads them with :mod:`ast` instead: the ``generate_launch_description()``
 ``get_package_share_directory(...)`` to names and return ``LaunchDescription([...])`` of
 ``DeclareLaunchArgument``, ``Node`` and ``IncludeLaunchDescription`` actions whose arguments are
 literals, ``LaunchConfiguration``, ``os.path.join``, ``IfCondition`` / ``UnlessCondition``,
-``ParameterValue(..., value_type=...)`` and ``PythonLaunchDescriptionSource``. Anything else raises :class:`LaunchParseError`, so a launch file
+``ParameterValue(..., value_type=...)`` and ``PythonLaunchDescriptionSource``; an entry of a
+``Node``'s ``parameters`` is an inline dict, a path, or a list of text and substitutions that
+launch_ros concatenates into one path (``[dir, LaunchConfiguration("model"), ".yaml"]``: layered
+parameter files). Anything else raises :class:`LaunchParseError`, so a launch file
 that grows beyond what is checked here fails loudly instead of being half-checked.
 
 :func:`compose` resolves a launch file with arguments into the list of nodes it would start
@@ -94,7 +97,7 @@ class ResolvedNode:
 
     Attributes:
         package, executable, name: as in ``launch_ros.actions.Node``.
-        param_files: parameter YAML files in order.
+        param_files: parameter YAML files in order (later files win, as rcl loads several ``--params-file``).
         params: inline parameter dicts merged in order (later wins), values YAML-typed like launch_ros.
         remappings: (from, to) topic pairs.
         arguments: command-line arguments.
@@ -293,6 +296,11 @@ def compose(path: str | Path, arguments: dict[str, str] | None = None, *, with_c
             entry = _resolve(entry, args)
             if isinstance(entry, dict):
                 node.params.update({k: _typed(v) for k, v in entry.items()})
+            elif isinstance(entry, list):  # launch_ros: text and substitutions concatenated into one path
+                if not entry or not all(isinstance(part, str) for part in entry):
+                    raise LaunchParseError(f"{lf.path.name}:{a.lineno}: a parameter-file entry {entry!r} "
+                                           "must be a non-empty list of text and substitutions")
+                node.param_files.append(Path("".join(entry)))
             else:
                 node.param_files.append(Path(entry))
         node.remappings = [tuple(_resolve(r, args)) for r in kw.get("remappings", [])]

@@ -38,6 +38,21 @@ __all__ = [
     "load_keyframe",
     "lidar_points_in_camera",
     "lidar_depth_for_camera",
+    "NUSCENES_VERSIONS",
+    "AnnotationBox",
+    "SceneRecords",
+    "SensorRecord",
+    "available_versions",
+    "decode_image",
+    "lidar_depth_for_record",
+    "load_scene",
+    "nearest_lidar",
+    "open_tables",
+    "pickle_boxes_for_scene",
+    "read_image_file",
+    "read_lidar_points",
+    "resolve_version",
+    "scene_names",
 ]
 
 #: Table version directory of the embedded keyframe.
@@ -214,31 +229,100 @@ def _record_transform(record: dict) -> np.ndarray:
     return make_transform(record["translation"], record["rotation"])
 
 
-def _open_nuscenes(dataroot: Path):
-    """NuScenes devkit handle, with file checks that name the missing path."""
+#: Table folders of the nuScenes releases the devkit reads (``NuScenes(version=...)``).
+NUSCENES_VERSIONS = ("v1.0-mini", "v1.0-trainval", "v1.0-test")
+#: Tables the devkit loads; each must exist as ``<dataroot>/<version>/<table>.json``.
+NUSCENES_TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
+                   "ego_pose", "log", "scene", "sample", "sample_data", "sample_annotation", "map")
+
+
+def available_versions(dataroot) -> list[str]:
+    """Table folders under ``dataroot`` that hold a ``sample.json`` (e.g. ``["v1.0-mini"]``), sorted."""
+    dataroot = Path(dataroot)
+    if not dataroot.is_dir():
+        return []
+    return sorted(p.name for p in dataroot.iterdir() if p.is_dir() and (p / "sample.json").is_file())
+
+
+def resolve_version(dataroot, version: str | None = None) -> str:
+    """The table version to read under ``dataroot``.
+
+    Args:
+        dataroot: nuScenes root folder.
+        version: requested version folder name; None picks the only one present.
+
+    Returns:
+        The version folder name.
+
+    Raises:
+        FileNotFoundError: ``dataroot`` is missing, the requested folder is missing (the message
+            lists the folders that exist), or ``version`` is None and there is not exactly one.
+    """
+    dataroot = Path(dataroot)
     if not dataroot.is_dir():
         raise FileNotFoundError(f"nuScenes dataroot {dataroot} does not exist or is not a folder")
-    table_dir = dataroot / NUSCENES_VERSION
-    if not table_dir.is_dir():
+    found = available_versions(dataroot)
+    if version is None:
+        if len(found) != 1:
+            raise FileNotFoundError(
+                f"nuScenes dataroot {dataroot} holds table folders {found or 'none'}; pass --version "
+                f"(one of {', '.join(NUSCENES_VERSIONS)})")
+        return found[0]
+    if not (dataroot / version).is_dir():
         raise FileNotFoundError(
-            f"nuScenes table directory {table_dir} not found (expected version {NUSCENES_VERSION})"
-        )
+            f"nuScenes table directory {dataroot / version} not found (expected version {version}; "
+            f"{dataroot} holds {found or 'no table folders'})")
+    return version
+
+
+def _open_nuscenes(dataroot: Path, version: str = NUSCENES_VERSION, tables=("sample", "sample_data",
+                   "calibrated_sensor", "ego_pose", "sensor")):
+    """NuScenes devkit handle, with file checks that name the missing path."""
+    version = resolve_version(dataroot, version)
+    table_dir = dataroot / version
     # The devkit asserts on missing tables; check them here so the error names the file.
-    for table in ("sample", "sample_data", "calibrated_sensor", "ego_pose", "sensor"):
+    for table in tables:
         if not (table_dir / f"{table}.json").is_file():
             raise FileNotFoundError(f"nuScenes table {table_dir / (table + '.json')} not found")
     from nuscenes.nuscenes import NuScenes  # heavy import (matplotlib); only when loading
 
-    return NuScenes(version=NUSCENES_VERSION, dataroot=str(dataroot), verbose=False)
+    try:
+        return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    except (FileNotFoundError, AssertionError, KeyError, ValueError) as exc:
+        raise ValueError(f"nuscenes-devkit cannot read the tables in {table_dir}: {exc!r}") from exc
+
+
+class _InfoUnpickler(pickle.Unpickler):
+    """Unpickler for MMDetection3D info files: containers, numbers, strings and numpy arrays only."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+        ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+        ("_codecs", "encode"),  # numpy arrays pickled with protocol 2 store their bytes this way
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in an annotation pickle")
+
+
+def _load_info_pickle(pkl_path: Path):
+    """Read an MMDetection3D info pickle with :class:`_InfoUnpickler` (no arbitrary code)."""
+    try:
+        with pkl_path.open("rb") as f:
+            return _InfoUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+        raise ValueError(f"{pkl_path} is not a readable MMDetection3D info pickle: {exc}") from exc
 
 
 def _read_annotations(pkl_path: Path, sample_token: str) -> tuple[dict, dict]:
     """The pickle's ``data_list`` entry for ``sample_token`` and its ``metainfo``."""
     if not pkl_path.is_file():
         raise FileNotFoundError(f"annotation pickle {pkl_path} not found")
-    with pkl_path.open("rb") as f:
-        # Trusted input: the MMDetection3D demo pickle shipped in the repo (plain dicts/lists).
-        info = pickle.load(f)
+    info = _load_info_pickle(pkl_path)
     if not isinstance(info, dict) or "data_list" not in info or "metainfo" not in info:
         raise ValueError(
             f"{pkl_path} is not an MMDetection3D info v1.1 pickle (no data_list / metainfo)"
@@ -354,6 +438,7 @@ def load_keyframe(
     annotations_pkl=None,
     sample_token: str | None = None,
     load_annotations: bool = True,
+    version: str = NUSCENES_VERSION,
 ) -> Keyframe:
     """Load one nuScenes sample with its images, LiDAR sweep, poses and GT boxes.
 
@@ -364,6 +449,7 @@ def load_keyframe(
             :func:`paths.nuscenes_annotations_pkl`.
         sample_token: which sample; default the first sample (by timestamp) of the table.
         load_annotations: False to skip the pickle (``boxes`` and ``boxes_2d`` stay empty).
+        version: table folder under ``dataroot`` (``v1.0-mini``, ``v1.0-trainval``, ``v1.0-test``).
 
     Returns:
         The :class:`Keyframe`.
@@ -375,18 +461,18 @@ def load_keyframe(
             without that sample, or a pickle whose LiDAR file differs from the table's.
     """
     dataroot = Path(dataroot if dataroot is not None else paths.nuscenes_keyframe_dir())
-    nusc = _open_nuscenes(dataroot)
+    nusc = _open_nuscenes(dataroot, version)
 
     if sample_token is None:
         if not nusc.sample:
-            raise ValueError(f"no samples in {dataroot / NUSCENES_VERSION / 'sample.json'}")
+            raise ValueError(f"no samples in {dataroot / version / 'sample.json'}")
         sample = min(nusc.sample, key=lambda s: s["timestamp"])
     else:
         try:
             sample = nusc.get("sample", sample_token)
         except KeyError:
             raise ValueError(
-                f"sample {sample_token} not found in {dataroot / NUSCENES_VERSION}"
+                f"sample {sample_token} not found in {dataroot / version}"
             ) from None
 
     def sensor_records(channel: str):
@@ -498,3 +584,353 @@ def lidar_depth_for_camera(
     return points_to_depth_image(
         pts, cam.K, cam.width, cam.height, min_depth=min_depth, return_index=return_index
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Whole scenes (keyframes and sweeps)
+
+
+@dataclass
+class SensorRecord:
+    """One ``sample_data`` row of a camera or LIDAR_TOP (keyframe or sweep), files not loaded.
+
+    Attributes:
+        channel: nuScenes channel, e.g. ``"CAM_FRONT"`` or ``"LIDAR_TOP"``.
+        token: ``sample_data`` token.
+        sample_token: the ``sample`` it belongs to.
+        timestamp_us: capture time, microseconds since the Unix epoch.
+        is_key_frame: True for keyframes (2 Hz), False for sweeps (12 Hz cameras, 20 Hz LiDAR).
+        path: absolute path of the ``.jpg`` / ``.png`` image or the ``.pcd.bin`` sweep.
+        T_base_sensor: (4, 4) float64, sensor frame -> ``base_link`` (``calibrated_sensor``).
+        T_map_base: (4, 4) float64, ``base_link`` -> ``map`` at ``timestamp_us`` (``ego_pose``).
+        K: (3, 3) float64 intrinsics for cameras, None for the LiDAR.
+        width: image width in pixels (0 for the LiDAR).
+        height: image height in pixels (0 for the LiDAR).
+    """
+
+    channel: str
+    token: str
+    sample_token: str
+    timestamp_us: int
+    is_key_frame: bool
+    path: Path
+    T_base_sensor: np.ndarray
+    T_map_base: np.ndarray
+    K: np.ndarray | None = None
+    width: int = 0
+    height: int = 0
+
+    @property
+    def frame_id(self) -> str:
+        """TF frame of the sensor (``cam_front_optical``, ``lidar_top``)."""
+        return conventions.sensor_frame(self.channel)
+
+    @property
+    def is_camera(self) -> bool:
+        """True for a camera image, False for a LiDAR sweep."""
+        return self.channel != conventions.LIDAR_CHANNEL
+
+
+@dataclass
+class AnnotationBox:
+    """A ``sample_annotation`` box: upright in ``map`` at its sample's timestamp.
+
+    Attributes:
+        token: ``sample_annotation`` token.
+        instance_token: the tracked object (same for all of its annotations).
+        category: nuScenes category name, e.g. ``"vehicle.car"``.
+        attributes: attribute names, e.g. ``("vehicle.moving",)``.
+        center: (3,) float64 box centre in ``map``, metres.
+        size: (3,) float64 ``(length, width, height)`` in metres (nuScenes stores ``w, l, h``).
+        rotation: (3, 3) float64 box orientation in ``map`` (columns: heading, left, up).
+        visibility: nuScenes visibility token ``"1"``..``"4"`` (0-40 % .. 80-100 %), ``""`` if none.
+        num_lidar_pts: LiDAR returns inside the box.
+        index: position in its sample's annotation list.
+    """
+
+    token: str
+    instance_token: str
+    category: str
+    attributes: tuple[str, ...]
+    center: np.ndarray
+    size: np.ndarray
+    rotation: np.ndarray
+    visibility: str = ""
+    num_lidar_pts: int = 0
+    index: int = 0
+
+
+@dataclass
+class SceneRecords:
+    """What a scene holds: its samples, camera / LiDAR records in time order and its GT boxes.
+
+    Attributes:
+        name: scene name, e.g. ``"scene-0061"``.
+        token: scene token.
+        version: table folder it was read from.
+        dataroot: nuScenes root.
+        samples: ``(sample token, timestamp_us)`` of the keyframes in time order.
+        records: camera and LIDAR_TOP :class:`SensorRecord` sorted by ``(timestamp_us, channel)``;
+            keyframes only unless loaded with ``sweeps=True``.
+        boxes: sample token -> its :class:`AnnotationBox` list (empty lists on ``v1.0-test``).
+        calibration: channel -> (4, 4) float64 sensor -> ``base_link`` (constant over the scene).
+    """
+
+    name: str
+    token: str
+    version: str
+    dataroot: Path
+    samples: list[tuple[str, int]]
+    records: list[SensorRecord]
+    boxes: dict[str, list[AnnotationBox]]
+    calibration: dict[str, np.ndarray]
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from the first to the last record."""
+        if not self.records:
+            return 0.0
+        return (self.records[-1].timestamp_us - self.records[0].timestamp_us) / 1e6
+
+
+def open_tables(dataroot, version: str | None = None):
+    """nuscenes-devkit handle on a whole release, with file checks that name what is missing.
+
+    Args:
+        dataroot: nuScenes root (holds ``<version>/``, ``samples/``, ``sweeps/``).
+        version: ``v1.0-mini``, ``v1.0-trainval``, ``v1.0-test`` (None: the only folder present).
+
+    Returns:
+        ``nuscenes.nuscenes.NuScenes``.
+
+    Raises:
+        FileNotFoundError: missing dataroot, version folder or table (the message names it).
+        ValueError: the devkit cannot read the tables.
+    """
+    dataroot = Path(dataroot)
+    return _open_nuscenes(dataroot, resolve_version(dataroot, version), NUSCENES_TABLES)
+
+
+def scene_names(nusc) -> list[str]:
+    """Names of all scenes of a devkit handle, in table order."""
+    return [s["name"] for s in nusc.scene]
+
+
+def load_scene(nusc, scene_name: str, sweeps: bool = False, check_files: bool = True) -> SceneRecords:
+    """Index one scene: its keyframes (and, with ``sweeps``, every camera / LiDAR sweep) and boxes.
+
+    A ``sample_data`` row is part of the scene when its ``sample_token`` is one of the scene's
+    samples (sweeps point at a sample of their scene). Radar channels are skipped.
+
+    Args:
+        nusc: devkit handle from :func:`open_tables`.
+        scene_name: e.g. ``"scene-0061"``.
+        sweeps: include non-keyframe ``sample_data`` (12 Hz cameras, 20 Hz LiDAR).
+        check_files: verify that every image and ``.pcd.bin`` exists before returning.
+
+    Returns:
+        The :class:`SceneRecords`.
+
+    Raises:
+        ValueError: unknown scene (the message lists some of the names), a calibration that
+            changes within the scene, or a camera record without intrinsics.
+        FileNotFoundError: with ``check_files``, the first missing image or LiDAR file.
+    """
+    dataroot = Path(nusc.dataroot)
+    table_dir = dataroot / nusc.version
+    by_name = {s["name"]: s for s in nusc.scene}
+    if scene_name not in by_name:
+        names = sorted(by_name)
+        shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+        raise ValueError(f"scene {scene_name!r} not in {table_dir / 'scene.json'} "
+                         f"({len(names)} scenes: {shown or 'none'})")
+    scene = by_name[scene_name]
+    samples = sorted(((s["token"], int(s["timestamp"])) for s in nusc.sample
+                      if s["scene_token"] == scene["token"]), key=lambda x: x[1])
+    sample_tokens = {t for t, _ in samples}
+    wanted = set(conventions.CAMERA_CHANNELS) | {conventions.LIDAR_CHANNEL}
+    records: list[SensorRecord] = []
+    calibration: dict[str, np.ndarray] = {}
+    calib_tokens: dict[str, str] = {}
+    for sd in nusc.sample_data:
+        if sd["sample_token"] not in sample_tokens or (not sweeps and not sd["is_key_frame"]):
+            continue
+        cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        channel = nusc.get("sensor", cs["sensor_token"])["channel"]
+        if channel not in wanted:
+            continue
+        if calib_tokens.setdefault(channel, cs["token"]) != cs["token"]:
+            prev = nusc.get("calibrated_sensor", calib_tokens[channel])
+            if not (np.allclose(prev["translation"], cs["translation"])
+                    and np.allclose(prev["rotation"], cs["rotation"])):
+                raise ValueError(f"scene {scene_name}: {channel} calibration changes within the scene "
+                                 f"({calib_tokens[channel]} vs {cs['token']} in {table_dir})")
+        T_base_sensor = _record_transform(cs)
+        calibration.setdefault(channel, T_base_sensor)
+        K = None
+        if channel != conventions.LIDAR_CHANNEL:
+            if len(cs.get("camera_intrinsic") or []) != 3:
+                raise ValueError(f"{channel} calibrated_sensor {cs['token']} in {table_dir} has no "
+                                 "camera_intrinsic")
+            K = np.asarray(cs["camera_intrinsic"], dtype=np.float64)
+        pose = nusc.get("ego_pose", sd["ego_pose_token"])
+        records.append(SensorRecord(
+            channel=channel, token=sd["token"], sample_token=sd["sample_token"],
+            timestamp_us=int(sd["timestamp"]), is_key_frame=bool(sd["is_key_frame"]),
+            path=dataroot / sd["filename"], T_base_sensor=T_base_sensor,
+            T_map_base=_record_transform(pose), K=K,
+            width=int(sd.get("width") or 0), height=int(sd.get("height") or 0)))
+    order = {ch: i for i, ch in enumerate(conventions.CAMERA_CHANNELS + (conventions.LIDAR_CHANNEL,))}
+    records.sort(key=lambda r: (r.timestamp_us, order[r.channel]))
+    if not records:
+        raise ValueError(f"scene {scene_name} has no camera or LIDAR_TOP sample_data in {table_dir}")
+    if check_files:
+        for r in records:
+            if not r.path.is_file():
+                kind = "camera image" if r.is_camera else "LiDAR sweep"
+                raise FileNotFoundError(f"{kind} {r.path} of scene {scene_name} not found "
+                                        f"(sample_data {r.token})")
+    boxes: dict[str, list[AnnotationBox]] = {}
+    for token, _ in samples:
+        out = []
+        for i, ann_token in enumerate(nusc.get("sample", token)["anns"]):
+            ann = nusc.get("sample_annotation", ann_token)
+            w, l, h = (float(v) for v in ann["size"])
+            out.append(AnnotationBox(
+                token=ann["token"], instance_token=ann["instance_token"],
+                category=ann.get("category_name") or nusc.get(
+                    "category", nusc.get("instance", ann["instance_token"])["category_token"])["name"],
+                attributes=tuple(nusc.get("attribute", a)["name"] for a in ann["attribute_tokens"]),
+                center=np.asarray(ann["translation"], dtype=np.float64),
+                size=np.array([l, w, h], dtype=np.float64),
+                rotation=make_transform([0.0, 0.0, 0.0], ann["rotation"])[:3, :3],
+                visibility=str(ann.get("visibility_token") or ""),
+                num_lidar_pts=int(ann.get("num_lidar_pts", 0)), index=i))
+        boxes[token] = out
+    return SceneRecords(name=scene_name, token=scene["token"], version=nusc.version, dataroot=dataroot,
+                        samples=samples, records=records, boxes=boxes, calibration=calibration)
+
+
+def read_image_file(record: SensorRecord) -> tuple[bytes, str]:
+    """The encoded bytes of a camera record's file and its format (``"jpeg"`` or ``"png"``).
+
+    Raises:
+        FileNotFoundError: the file is missing (path in the message).
+        ValueError: a file that is neither JPEG nor PNG.
+    """
+    if not record.path.is_file():
+        raise FileNotFoundError(f"camera image {record.path} not found (sample_data {record.token})")
+    data = record.path.read_bytes()
+    if data[:3] == b"\xff\xd8\xff":
+        return data, "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return data, "png"
+    raise ValueError(f"camera image {record.path} is neither JPEG nor PNG")
+
+
+def decode_image(record: SensorRecord) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a camera record (Pillow).
+
+    Raises:
+        FileNotFoundError: the file is missing. ValueError: the file does not decode.
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    data, _ = read_image_file(record)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"camera image {record.path} does not decode: {exc}") from exc
+
+
+def read_lidar_points(record: SensorRecord) -> np.ndarray:
+    """(N, 5) float32 ``x, y, z, intensity, ring`` of a LIDAR_TOP ``.pcd.bin`` (sensor frame, metres).
+
+    Raises:
+        FileNotFoundError: the file is missing. ValueError: its size is not a multiple of 5 floats.
+    """
+    if not record.path.is_file():
+        raise FileNotFoundError(f"LiDAR sweep {record.path} not found (sample_data {record.token})")
+    raw = np.fromfile(record.path, dtype=np.float32)
+    if raw.size % 5:
+        raise ValueError(f"{record.path}: {raw.size} floats is not a multiple of 5 (x,y,z,i,ring)")
+    return raw.reshape(-1, 5)
+
+
+def nearest_lidar(scene: SceneRecords, timestamp_us: int) -> SensorRecord:
+    """The LIDAR_TOP record of ``scene`` nearest in time to ``timestamp_us``.
+
+    Raises:
+        ValueError: the scene has no LiDAR record.
+    """
+    lidars = [r for r in scene.records if r.channel == conventions.LIDAR_CHANNEL]
+    if not lidars:
+        raise ValueError(f"scene {scene.name} has no LIDAR_TOP sample_data")
+    return min(lidars, key=lambda r: abs(r.timestamp_us - timestamp_us))
+
+
+def lidar_depth_for_record(camera: SensorRecord, lidar: SensorRecord, points: np.ndarray,
+                           min_depth: float = 1.0) -> np.ndarray:
+    """Sparse depth image of a camera record from a LiDAR sweep, ego motion compensated.
+
+    Chain as :func:`lidar_points_in_camera`: ``lidar_top`` -> ``base_link`` at the LiDAR time ->
+    ``map`` -> ``base_link`` at the camera time -> camera; z-buffered, nearest return wins.
+
+    Args:
+        camera: the camera record (needs ``K``, ``width``, ``height``).
+        lidar: the LiDAR record ``points`` came from.
+        points: (N, >= 3) float32 points in the ``lidar_top`` frame.
+        min_depth: drop points nearer than this along the optical axis [m].
+
+    Returns:
+        (H, W) float32 metres along the optical axis, NaN without a return.
+    """
+    T_map_cam = camera.T_map_base @ camera.T_base_sensor
+    T_cam_lidar = invert_transform(T_map_cam) @ lidar.T_map_base @ lidar.T_base_sensor
+    pts = transform_points(T_cam_lidar, np.asarray(points)[:, :3])
+    return points_to_depth_image(pts, camera.K, camera.width, camera.height, min_depth=min_depth)
+
+
+def pickle_boxes_for_scene(pkl_path, scene: SceneRecords) -> dict[str, list[AnnotationBox]]:
+    """GT boxes of a scene's samples from an MMDetection3D info v1.1 pickle, moved to ``map``.
+
+    Boxes come in the LiDAR frame of each keyframe and are placed upright in ``map`` as
+    :func:`load_keyframe` does. The pickle has no instance tokens: ``instance_token`` is ``""`` and
+    ``category`` is the detection class (``"other"`` for label -1).
+
+    Args:
+        pkl_path: the pickle (read with a restricted unpickler).
+        scene: from :func:`load_scene`.
+
+    Returns:
+        sample token -> boxes, for the scene's samples the pickle holds (others are absent).
+
+    Raises:
+        FileNotFoundError: no pickle. ValueError: not an info v1.1 pickle.
+    """
+    pkl_path = Path(pkl_path)
+    if not pkl_path.is_file():
+        raise FileNotFoundError(f"annotation pickle {pkl_path} not found")
+    info = _load_info_pickle(pkl_path)
+    if not isinstance(info, dict) or "data_list" not in info or "metainfo" not in info:
+        raise ValueError(f"{pkl_path} is not an MMDetection3D info v1.1 pickle (no data_list / metainfo)")
+    entries = {e.get("token"): e for e in info["data_list"]}
+    lidar_keyframes = {r.sample_token: r for r in scene.records
+                       if r.channel == conventions.LIDAR_CHANNEL and r.is_key_frame}
+    out: dict[str, list[AnnotationBox]] = {}
+    for token, _ in scene.samples:
+        if token not in entries or token not in lidar_keyframes:
+            continue
+        rec = lidar_keyframes[token]
+        sweep = LidarSweep(np.zeros((0, 5), np.float32), rec.T_base_sensor, rec.T_map_base,
+                           rec.timestamp_us, rec.token)
+        out[token] = [
+            AnnotationBox(token="", instance_token="", category=b.category, attributes=(),
+                          center=b.center_map, size=b.size, rotation=yaw_to_matrix(b.yaw_map),
+                          num_lidar_pts=b.num_lidar_pts, index=b.index)
+            for b in _boxes_from_entry(entries[token], info["metainfo"], sweep)
+        ]
+    return out

@@ -1,14 +1,19 @@
 """Every parameter of the perception node, declared once: name, default, type and description.
 
-The node declares exactly these (``occ_audit_ros.nodes.perception_node``), ``config/perception.yaml``
-sets them, the pipeline is built from them (:func:`pipeline_config_from_params`), and the README's
-parameter table is generated from them (``python -m occ_audit_ros.params --markdown``). ROS-free.
+Two kinds: :data:`COMMON_PARAMS`, declared by every perception node, and one group per value of the
+``model`` parameter (:data:`MODEL_PARAMS`: ``semabs.*`` for ``model: semabs``, ``ago.*`` for
+``model: ago``), declared only when that model is chosen (:func:`node_params`). The node
+(``occ_audit_ros.nodes.perception_node``) declares them, ``config/perception.yaml`` (base) and
+``config/models/<model>.yaml`` (what the model changes) set them (:func:`params_files`), the
+ROS side maps them to the library's config dataclasses (``occ_audit_ros.nodes.backend_params``), and
+the parameter table of the docs is generated from them (``occ_audit_params --markdown``). ROS-free.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from occ_audit_ros.conventions import BASE_FRAME, CAMERA_CHANNELS
@@ -54,7 +59,37 @@ class ParamSpec:
 DRIVING_LABELS = ["car", "truck", "bus", "pedestrian", "bicycle", "traffic cone", "barrier", "road",
                   "sidewalk", "building", "vegetation"]
 
-PERCEPTION_PARAMS: tuple[ParamSpec, ...] = (
+#: Parameters of one model (value of ``model``), declared only when that model is chosen; the
+#: group's prefix is the model's name and each name after it a field of the model's config dataclass
+#: (``occ_audit_ros.backends``: ``SemAbsBackendConfig``, ``AgoBackendConfig``).
+SEMABS_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("semabs.ovssc_checkpoint", "models/semabs/ovssc_sim.safetensors",
+              "SemAbs OVSSC checkpoint (safetensors; relative paths: working directory, then the package share).",
+              read_only=True),
+    ParamSpec("semabs.vool_checkpoint", "models/semabs/vool_sim.safetensors",
+              "SemAbs VOOL checkpoint for hidden-object queries; '' = queries are refused.", read_only=True),
+    ParamSpec("semabs.camera", "CAM_FRONT", "The camera whose RGB-D view SemAbs completes (single view).",
+              read_only=True),
+    ParamSpec("semabs.workspace_center", [6.0, 0.0, 0.9],
+              "Centre of the SemAbs workspace cube (the checkpoint's size, 2 m for the shipped ones) in "
+              "target_frame [m]; axes parallel to target_frame. Only grid voxels inside it are predicted.",
+              read_only=True),
+    ParamSpec("semabs.num_points", 6000, "Points sampled from the relevancy cloud per view (the shipped checkpoints were trained with 6000; SemAbs: 80000).",
+              read_only=True),
+    ParamSpec("semabs.min_probability", 0.1,
+              "Hidden-object answers list the workspace voxels with at least this probability."),
+)
+AGO_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("ago.checkpoint", "", "AGO run or checkpoint directory (training/train_ago.py); needed for model ago.",
+              read_only=True),
+    ParamSpec("ago.identifier", "entropy",
+              "AGO open-world identifier: 'entropy' (Eq. 9), 'confidence', or 'none' (grounding branch only).",
+              read_only=True, choices=("entropy", "confidence", "none")),
+)
+#: Model name -> its parameter group (``relevancy`` has none). The keys are the values of ``model``.
+MODEL_PARAMS: dict[str, tuple[ParamSpec, ...]] = {"relevancy": (), "semabs": SEMABS_PARAMS, "ago": AGO_PARAMS}
+
+COMMON_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("clip_model", "openai/clip-vit-base-patch32",
               "CLIP checkpoint: local directory or Hugging Face hub id (ViT-B/32 per Semantic Abstraction). "
               "'random' = ViT-B/32 layout with random weights, 'random-tiny' = tiny random model; both for "
@@ -64,7 +99,8 @@ PERCEPTION_PARAMS: tuple[ParamSpec, ...] = (
               "What turns the cameras into the grid: 'relevancy' (relevancy point cloud fused into the grid), "
               "'semabs' (Semantic Abstraction OVSSC completion of one camera's RGB-D view inside the SemAbs "
               "workspace, plus hidden-object queries), 'ago' (an AGO checkpoint on all cameras; its grid "
-              "replaces grid.*).", read_only=True, choices=("relevancy", "semabs", "ago")),
+              "replaces grid.*). Parameters of a model (semabs.*, ago.*) are declared only when it is chosen.",
+              read_only=True, choices=tuple(MODEL_PARAMS)),
     ParamSpec("labels", list(DRIVING_LABELS),
               "Open-vocabulary label set queried jointly on every frame (relevancy is mean-subtracted over it)."),
     ParamSpec("prompt_template", "a photograph of a {} on a street.", "CLIP text prompt; '{}' is replaced by the label."),
@@ -90,26 +126,6 @@ PERCEPTION_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("grid.voxel_size", 0.4, "Voxel edge length [m]."),
     ParamSpec("depth.min_m", 1.0, "Depth readings nearer than this are ignored [m]."),
     ParamSpec("depth.max_m", 80.0, "Depth readings farther than this are ignored [m]."),
-    ParamSpec("semabs.ovssc_checkpoint", "models/semabs/ovssc_sim.safetensors",
-              "SemAbs OVSSC checkpoint (safetensors; relative paths: working directory, then the package share).",
-              read_only=True),
-    ParamSpec("semabs.vool_checkpoint", "models/semabs/vool_sim.safetensors",
-              "SemAbs VOOL checkpoint for hidden-object queries; '' = queries are refused.", read_only=True),
-    ParamSpec("semabs.camera", "CAM_FRONT", "The camera whose RGB-D view SemAbs completes (single view).",
-              read_only=True),
-    ParamSpec("semabs.workspace_center", [6.0, 0.0, 0.9],
-              "Centre of the SemAbs workspace cube (the checkpoint's size, 2 m for the shipped ones) in "
-              "target_frame [m]; axes parallel to target_frame. Only grid voxels inside it are predicted.",
-              read_only=True),
-    ParamSpec("semabs.num_points", 6000, "Points sampled from the relevancy cloud per view (the shipped checkpoints were trained with 6000; SemAbs: 80000).",
-              read_only=True),
-    ParamSpec("semabs.min_probability", 0.1,
-              "Hidden-object answers list the workspace voxels with at least this probability."),
-    ParamSpec("ago.checkpoint", "", "AGO run or checkpoint directory (training/train_ago.py); needed for model ago.",
-              read_only=True),
-    ParamSpec("ago.identifier", "entropy",
-              "AGO open-world identifier: 'entropy' (Eq. 9), 'confidence', or 'none' (grounding branch only).",
-              read_only=True, choices=("entropy", "confidence", "none")),
     ParamSpec("sync.slop_s", 0.1, "Max stamp spread of one synchronised set of camera images, infos and depths [s]."),
     ParamSpec("publish.markers", True, "Publish visualization_msgs/MarkerArray of the voxels."),
     ParamSpec("publish.points", True, "Publish sensor_msgs/PointCloud2 (x, y, z, label, score) of the voxels."),
@@ -123,6 +139,11 @@ PERCEPTION_PARAMS: tuple[ParamSpec, ...] = (
               "0 disables."),
     ParamSpec("warn_period_s", 5.0, "Minimum period between repeated warnings of one kind [s]."),
 )
+
+#: Every parameter a perception node may declare (common ones, then each model's group).
+PERCEPTION_PARAMS: tuple[ParamSpec, ...] = COMMON_PARAMS + tuple(p for g in MODEL_PARAMS.values() for p in g)
+#: Parameter name -> the model whose group declares it (absent: a common parameter).
+MODEL_OF: dict[str, str] = {p.name: m for m, g in MODEL_PARAMS.items() for p in g}
 
 #: Per-topic QoS overrides (rclpy QoSOverridingOptions, standard ROS 2 parameters): for every input topic
 #: ``T`` of the node, ``qos_overrides.T.subscription.<policy>`` with these policies, read-only, set from
@@ -138,23 +159,52 @@ def qos_override_names(topics: list[str]) -> list[str]:
 PARAMS_BY_NAME = {p.name: p for p in PERCEPTION_PARAMS}
 
 
-def defaults() -> dict[str, Any]:
-    """Parameter name -> default value (fresh copies of lists)."""
-    return {p.name: (list(p.default) if isinstance(p.default, list) else p.default) for p in PERCEPTION_PARAMS}
+def node_params(model: str) -> tuple[ParamSpec, ...]:
+    """The parameters a perception node with ``model`` declares: the common ones and the model's group.
+
+    Raises:
+        ValueError: for a name that is not a model (:data:`MODEL_PARAMS`).
+    """
+    if model not in MODEL_PARAMS:
+        raise ValueError(f"parameter model must be one of {list(MODEL_PARAMS)}, got {model!r}")
+    return COMMON_PARAMS + MODEL_PARAMS[model]
+
+
+def defaults(model: str | None = None) -> dict[str, Any]:
+    """Parameter name -> default value (fresh copies of lists) of a node with ``model`` (None: the
+    default model, ``relevancy``).
+
+    Raises:
+        ValueError: for an unknown model.
+    """
+    specs = node_params(PARAMS_BY_NAME["model"].default if model is None else model)
+    return {p.name: (list(p.default) if isinstance(p.default, list) else p.default) for p in specs}
 
 
 def validate(values: dict[str, Any]) -> dict[str, Any]:
-    """Complete ``values`` with defaults and check names and types.
+    """Complete ``values`` with the defaults of their model and check names and types.
+
+    The model is ``values["model"]`` (default ``relevancy``); only the common parameters and that
+    model's group are known (:func:`node_params`): a parameter of another model is an error.
 
     Raises:
-        ValueError: for unknown names, wrong types or an empty label/camera list.
+        ValueError: for unknown names, a parameter of another model, wrong types or values, an empty
+            label/camera list.
     """
-    unknown = sorted(set(values) - set(PARAMS_BY_NAME))
+    model = values.get("model", PARAMS_BY_NAME["model"].default)
+    if not isinstance(model, str) or model not in MODEL_PARAMS:
+        raise ValueError(f"parameter model must be one of {list(MODEL_PARAMS)}, got {model!r}")
+    known = {p.name: p for p in node_params(model)}
+    foreign = sorted(n for n in values if n not in known and n in MODEL_OF)
+    if foreign:
+        raise ValueError(f"parameters {foreign} belong to model {MODEL_OF[foreign[0]]!r}, but model is {model!r} "
+                         f"(they are declared only with their model)")
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"unknown parameters {unknown}; known: {sorted(PARAMS_BY_NAME)}")
-    out = defaults()
+        raise ValueError(f"unknown parameters {unknown}; known: {sorted(known)}")
+    out = defaults(model)
     for name, value in values.items():
-        default = PARAMS_BY_NAME[name].default
+        default = known[name].default
         if isinstance(default, bool) != isinstance(value, bool):
             raise ValueError(f"parameter {name} must be a bool, got {value!r}")
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -167,14 +217,16 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"parameter {name} must be {type(default).__name__}, got {value!r}")
         out[name] = value
     for name, value in out.items():
-        choices = PARAMS_BY_NAME[name].choices
+        choices = known[name].choices
         if choices and value not in choices:
             raise ValueError(f"parameter {name} must be one of {list(choices)}, got {value!r}")
-    if len(out["semabs.workspace_center"]) != 3:
-        raise ValueError(f"parameter semabs.workspace_center must have 3 elements, got {out['semabs.workspace_center']!r}")
-    if out["semabs.num_points"] < 1 or not 0.0 <= out["semabs.min_probability"] <= 1.0:
-        raise ValueError("semabs.num_points must be >= 1 and semabs.min_probability in [0, 1]")
-    if out["model"] == "ago" and not out["ago.checkpoint"]:
+    if model == "semabs":
+        if len(out["semabs.workspace_center"]) != 3:
+            raise ValueError("parameter semabs.workspace_center must have 3 elements, "
+                             f"got {out['semabs.workspace_center']!r}")
+        if out["semabs.num_points"] < 1 or not 0.0 <= out["semabs.min_probability"] <= 1.0:
+            raise ValueError("semabs.num_points must be >= 1 and semabs.min_probability in [0, 1]")
+    if model == "ago" and not out["ago.checkpoint"]:
         raise ValueError("model 'ago' needs ago.checkpoint (a run directory of training/train_ago.py)")
     for name in ("labels", "cameras"):
         if not out[name] or any(not isinstance(v, str) or not v.strip() for v in out[name]):
@@ -185,6 +237,36 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
         if not out[name] >= 0:
             raise ValueError(f"parameter {name} must be >= 0, got {out[name]!r}")
     return out
+
+
+#: The base parameter file of the perception node and the folder of the per-model overlays.
+BASE_PARAMS_FILE = "config/perception.yaml"
+MODEL_PARAMS_DIR = "config/models"
+
+
+def params_files(model: str | None = None, base: str | Path | None = None) -> list[Path]:
+    """Parameter files of a perception node, in load order (later files win, as ROS 2 loads several
+    ``--params-file``): the base file, then ``config/models/<model>.yaml`` (only what the model
+    changes: ``model`` itself, its group, grid or labels it needs).
+
+    Args:
+        model: a key of :data:`MODEL_PARAMS`, or None (the base file alone).
+        base: the base file; default ``config/perception.yaml`` of the source tree or install.
+
+    Raises:
+        ValueError: for an unknown model. FileNotFoundError: when a file is missing.
+    """
+    from occ_audit_ros import paths
+
+    files = [Path(base) if base is not None else paths.resource(BASE_PARAMS_FILE)]
+    if model is not None:
+        if model not in MODEL_PARAMS:
+            raise ValueError(f"unknown model {model!r}; models: {list(MODEL_PARAMS)}")
+        files.append(paths.resource(f"{MODEL_PARAMS_DIR}/{model}.yaml"))
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"parameter file {f} not found")
+    return files
 
 
 def relevancy_presets() -> tuple[str, ...]:
@@ -210,13 +292,19 @@ def check_preset(name: str) -> str:
 
 
 def markdown_table(specs: tuple[ParamSpec, ...] | None = None) -> str:
-    """Markdown table of ``specs`` (default: the perception node's, with its QoS-override row: the README's)."""
-    rows = ["| parameter | type | default | description |", "|---|---|---|---|"]
-    for p in specs or PERCEPTION_PARAMS:
-        rows.append(f"| `{p.name}` | {p.type} | `{p.default!r}` | {p.description}{' (read-only)' if p.read_only else ''} |")
+    """Markdown table of ``specs``; default: the perception node's (the docs' table), with a ``model``
+    column (``any`` = declared by every node, else the model whose group it is) and the QoS-override row."""
     if specs is not None:
+        rows = ["| parameter | type | default | description |", "|---|---|---|---|"]
+        for p in specs:
+            rows.append(f"| `{p.name}` | {p.type} | `{p.default!r}` | {p.description}"
+                        f"{' (read-only)' if p.read_only else ''} |")
         return "\n".join(rows)
-    rows.append(f"| `qos_overrides.<topic>.subscription.{{{','.join(QOS_OVERRIDE_POLICIES)}}}` | per policy | "
+    rows = ["| parameter | model | type | default | description |", "|---|---|---|---|---|"]
+    for p in PERCEPTION_PARAMS:
+        rows.append(f"| `{p.name}` | {MODEL_OF.get(p.name, 'any')} | {p.type} | `{p.default!r}` | {p.description}"
+                    f"{' (read-only)' if p.read_only else ''} |")
+    rows.append(f"| `qos_overrides.<topic>.subscription.{{{','.join(QOS_OVERRIDE_POLICIES)}}}` | any | per policy | "
                 "sensor data (best effort, keep last 5) | Per-input-topic QoS override (rclpy QoSOverridingOptions), "
                 "read-only, from the parameter file. |")
     return "\n".join(rows)

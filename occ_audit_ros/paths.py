@@ -1,4 +1,4 @@
-"""Where data lives: the demo keyframe embedded in the repo and the team's ``../shared`` tree."""
+"""Where data lives: the demo keyframe embedded in the repo and the shared data tree ``../shared``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def shared_dir() -> Path:
-    """The team's shared data tree: ``$OCC_AUDIT_SHARED`` or ``<repo>/../shared``.
+    """The shared data tree: ``$OCC_AUDIT_SHARED`` or ``<repo>/../shared``.
 
     Raises:
         FileNotFoundError: when the directory does not exist, naming the variable to set.

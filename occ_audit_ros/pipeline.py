@@ -5,19 +5,22 @@ camera's optical frame, each point given the relevancy of its pixel, moved into 
 all cameras' points are fused into one voxel grid with a per-label max, and each occupied voxel takes
 the label with the highest relevancy (Semantic Abstraction's relevancy point cloud, paper Sec. 3.2,
 without the learned 3D completion, which is a separate module).
+
+:class:`PerceptionPipeline` is the ``relevancy`` backend of the perception node: it implements
+``occ_audit_ros.backends.Backend`` (frames in, semantic voxels out) and ``UsesRelevancy``. It takes a
+typed :class:`PipelineConfig`; the mapping from ROS parameters lives on the ROS side
+(``occ_audit_ros.nodes.backend_params``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from occ_audit_ros import params as param_specs
 from occ_audit_ros.clip_model import ClipBundle
 from occ_audit_ros.geometry import backproject_depth, transform_points
 from occ_audit_ros.relevancy import RelevancyConfig, RelevancyExtractor, as_rgb_uint8
@@ -49,7 +52,15 @@ class CameraInput:
 
 @dataclass
 class PipelineConfig:
-    """Pipeline settings; build from node parameters with :func:`pipeline_config_from_params`."""
+    """Settings shared by every backend (the perception node builds it from its parameters).
+
+    Attributes:
+        labels: open-vocabulary label set (non-empty, no empty strings).
+        relevancy: relevancy extractor settings (``relevancy`` and ``semabs`` models).
+        grid: the published voxel grid in ``target_frame`` (a model may publish its own, e.g. AGO).
+        target_frame: frame of the camera poses and of the grid.
+        min_depth_m, max_depth_m: depth readings outside [min, max] are ignored [m].
+    """
 
     labels: list[str]
     relevancy: RelevancyConfig
@@ -74,31 +85,6 @@ class PipelineResult:
     relevancy: dict[str, np.ndarray]
     points_per_camera: dict[str, int]
     timings_s: dict[str, float] = field(default_factory=dict)
-
-
-def pipeline_config_from_params(values: dict[str, Any]) -> PipelineConfig:
-    """:class:`PipelineConfig` from perception-node parameter values (see ``params.py``).
-
-    Raises:
-        ValueError: on invalid parameter values.
-    """
-    v = param_specs.validate(values)
-    if v["relevancy.preset"]:  # a named preset (config/relevancy_presets.yaml) replaces the relevancy.* values
-        try:
-            rel = RelevancyConfig.from_preset(param_specs.check_preset(v["relevancy.preset"]),
-                                              prompt_template=v["prompt_template"])
-        except KeyError as err:
-            raise ValueError(str(err)) from err
-    else:
-        rel = RelevancyConfig(tile_fractions=tuple(v["relevancy.tile_fractions"]),
-                              stride_fraction=v["relevancy.stride_fraction"], flip=v["relevancy.flip"],
-                              prompt_template=v["prompt_template"], output_stride=v["relevancy.output_stride"],
-                              batch_size=v["relevancy.batch_size"])
-    if v["relevancy.autocast"]:  # '' keeps the preset's (or float32)
-        rel = dataclasses.replace(rel, autocast=v["relevancy.autocast"])
-    grid = VoxelGridSpec(tuple(v["grid.lower"]), tuple(v["grid.upper"]), v["grid.voxel_size"])
-    return PipelineConfig(labels=[str(label) for label in v["labels"]], relevancy=rel, grid=grid,
-                          target_frame=v["target_frame"], min_depth_m=v["depth.min_m"], max_depth_m=v["depth.max_m"])
 
 
 class PerceptionPipeline:
@@ -142,6 +128,11 @@ class PerceptionPipeline:
         if not labels or any(not label.strip() for label in labels):
             raise ValueError(f"labels must be a non-empty list of non-empty strings, got {labels!r}")
         self.config.labels = labels
+
+    def set_relevancy(self, config: RelevancyConfig) -> None:
+        """Replace the relevancy settings (run-time preset change): a new extractor from the next frame."""
+        self.config.relevancy = config
+        self.extractor = RelevancyExtractor(self.clip, config)
 
     def camera_points(self, cam: CameraInput, relevancy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Relevancy point cloud of one camera: (N, 3) float64 points in ``target_frame`` [m] and

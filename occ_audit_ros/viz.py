@@ -15,13 +15,11 @@ Box interface (duck-typed, used by :func:`save_bev_png`): any object with
 
 from __future__ import annotations
 
-import colorsys
 import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
@@ -30,47 +28,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Polygon
 
 from occ_audit_ros.atomic import atomic_path
+from occ_audit_ros.palette import RANDOM_WEIGHTS_BANNER, label_palette  # noqa: F401  (re-exported)
 from occ_audit_ros.voxel_grid import SemanticVoxels
 
-RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS \u2014 not a real perception output"
 #: Colour of the ego marker in the bird's-eye view; pure magenta is in none of the tab20* maps,
 #: so the ego stays distinguishable from every label colour.
 EGO_COLOR = (1.0, 0.0, 1.0)
 #: Background of empty columns in the bird's-eye view.
 EMPTY_COLOR = (1.0, 1.0, 1.0)
-
-
-def label_palette(n: int) -> np.ndarray:
-    """Deterministic, visually distinct colours for ``n`` labels.
-
-    The first 20 colours are matplotlib's ``tab20`` with the saturated half first (the light twin
-    of a colour comes only after all 10 saturated ones), then ``tab20b`` and ``tab20c``; beyond 60
-    labels, hues follow the golden-ratio sequence. The palette is prefix-stable:
-    ``label_palette(m) == label_palette(n)[:m]`` for ``m <= n``, so a label keeps its colour when
-    the vocabulary grows at the end.
-
-    Args:
-        n: number of labels, >= 0.
-
-    Returns:
-        (n, 3) float64 RGB in [0, 1].
-
-    Raises:
-        ValueError: when ``n`` is negative.
-    """
-    if n < 0:
-        raise ValueError(f"number of labels must be >= 0, got {n}")
-    tab20 = np.asarray(matplotlib.colormaps["tab20"].colors)
-    base = [tab20[0::2], tab20[1::2]]
-    base += [np.asarray(matplotlib.colormaps[name].colors) for name in ("tab20b", "tab20c")]
-    colours = np.concatenate(base, axis=0)[:, :3]
-    if n > len(colours):
-        golden = 0.6180339887498949
-        extra = [
-            colorsys.hsv_to_rgb((0.1 + i * golden) % 1.0, 0.65, 0.85) for i in range(n - len(colours))
-        ]
-        colours = np.concatenate([colours, np.asarray(extra)], axis=0)
-    return np.array(colours[:n], dtype=np.float64)
 
 
 def _save_figure_atomically(fig: Figure, path: str | os.PathLike, dpi: float) -> Path:

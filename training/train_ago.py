@@ -9,7 +9,14 @@ Model and losses come from :mod:`occ_audit_ros.ago` (the same code the perceptio
 Checkpoints: ``<out_dir>/ckpt-<step>/`` safetensors, written atomically; a run resumes from
 ``<out_dir>/latest`` automatically (``--no-resume`` to start over). Progress: tqdm on rank 0 and
 ``<out_dir>/log.jsonl``. Python API: :func:`train` accepts ``extra_losses`` (hooks
-``fn(batch, outputs, model) -> {name: tensor}``) for additional terms such as VISA's.
+``fn(batch, outputs, model) -> {name: tensor}``) for additional terms such as VISA's, and a
+``callback(step, model) -> dict`` whose figures (e.g. validation mIoU) join the log every
+``eval_every`` steps.
+
+Cached-feature mode (``data.features_file``, a :func:`save_feature_cache` file): the samples are the
+camera-to-voxel network's voxel features before its last layer (``net.out``), stored once; the model is
+the last layer (:class:`FeatureTrunk`) + the head, trained by the same loop (same losses, noise
+prompts, schedule, batch sampling, seeding and hooks). Its checkpoints hold only those layers.
 """
 
 from __future__ import annotations
@@ -88,13 +95,22 @@ def build_everything(cfg: dict, rank: int = 0):
         clip = load_clip(cfg["clip_model"])
     out = Path(cfg["out_dir"])
     cache = cfg.get("text_cache") or out / f"text_cache_rank{rank}.safetensors"
-    text = build_text_encoder(cfg.get("text_encoder", "minilm"), clip, cache)
+    if cfg.get("text_encoder") == "random":  # diagnostic control; never written to a shared cache file
+        from occ_audit_ros.ago.text import CachedTextEncoder
+
+        text = CachedTextEncoder(RandomTextEncoder(int(cfg.get("random_text_dim", 384))))
+    else:
+        text = build_text_encoder(cfg.get("text_encoder", "minilm"), clip, cache)
     vocab, label_map = training_vocabulary(ccfg, cfg.get("vocabulary", "closed"))
     bank = encode_vocabulary(text, vocab)
     d = cfg["data"]
     spec = VoxelGridSpec(OCC3D_SPEC.lower, OCC3D_SPEC.upper, d["voxel_size"])
     mcfg = dict(cfg["model"], voxel_size=d["voxel_size"], num_categories=len(vocab))
     model = build_model(mcfg, text.dim, clip)
+    if not cfg["model"].get("learn_logit_scale", True) and hasattr(model.head, "log_scale"):
+        model.head.log_scale.requires_grad_(False)  # fixed temperature s = logit_scale_init
+    if d.get("features_file"):  # cached voxel features: train the last layer + head only
+        model.net = FeatureTrunk(model.net.out)
     return ccfg, text, vocab, bank, label_map, spec, clip, model
 
 
@@ -126,14 +142,162 @@ def extra_losses_from_config(cfg: dict) -> list:
 
 
 def sample_to(s, device):
-    """An :class:`AgoSample` with every tensor (and its lift geometry) on ``device``."""
+    """An :class:`AgoSample` with every tensor (and its lift geometry, when it has one) on ``device``."""
     import dataclasses
 
-    return dataclasses.replace(s, images=s.images.to(device), depth=s.depth.to(device), geom=s.geom.to(device),
+    return dataclasses.replace(s, images=s.images.to(device), depth=s.depth.to(device),
+                               geom=None if s.geom is None else s.geom.to(device),
                                semantics=s.semantics.to(device), mask_camera=s.mask_camera.to(device))
 
 
-def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = True) -> dict:
+class RandomTextEncoder:
+    """Diagnostic text encoder without semantic structure: each text maps to a fixed random unit
+    vector (seeded by the SHA-1 of the text), so any two texts are nearly orthogonal (|cos| ~ 1/sqrt(dim)).
+    A control for how much a real encoder's similarity structure (e.g. ``terrain`` close to
+    ``sidewalk``) costs a grounding head; not a text encoder for open-vocabulary use.
+
+    Args:
+        dim: embedding width C.
+    """
+
+    def __init__(self, dim: int = 384):
+        self.dim = int(dim)
+        self.name = f"random-unit:{self.dim}"
+
+    def encode(self, texts) -> torch.Tensor:
+        """``texts`` (N strings) -> (N, dim) float32 unit rows.
+
+        Raises:
+            ValueError: an empty list or an empty string.
+        """
+        import hashlib
+
+        texts = list(texts)
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise ValueError("texts must be a non-empty list of non-empty strings")
+        rows = []
+        for t in texts:
+            g = torch.Generator().manual_seed(int(hashlib.sha1(t.encode("utf-8")).hexdigest()[:15], 16))
+            rows.append(torch.nn.functional.normalize(torch.randn(self.dim, generator=g), dim=0))
+        return torch.stack(rows)
+
+
+class FeatureTrunk(torch.nn.Module):
+    """The camera-to-voxel network reduced to its last layer, for cached voxel features.
+
+    ``forward(images, geoms, depth)`` keeps :class:`CameraToVoxelNet`'s signature; ``images`` are then the
+    cached features (B, hidden, X, Y, Z) float (the input of ``net.out``), ``geoms`` / ``depth`` are
+    ignored. Returns (B, X, Y, Z, C) like the full network.
+
+    Args:
+        out: the network's last layer (``CameraToVoxelNet.out``, a 1x1x1 ``Conv3d`` hidden -> C).
+    """
+
+    def __init__(self, out: torch.nn.Module):
+        super().__init__()
+        self.out = out
+
+    def forward(self, images: torch.Tensor, geoms=None, depth=None) -> torch.Tensor:
+        """(B, hidden, X, Y, Z) -> (B, X, Y, Z, C).
+
+        Raises:
+            ValueError: ``images`` is not 5-D (raw images given to a cached-feature model).
+        """
+        if images.ndim != 5:
+            raise ValueError(f"cached-feature model expects (B, hidden, X, Y, Z) features, got {tuple(images.shape)}")
+        w = self.out.weight
+        if isinstance(self.out, torch.nn.Conv3d) and tuple(w.shape[2:]) == (1, 1, 1):
+            # the 1x1x1 convolution as a matrix product (same values; far faster backward on a CPU)
+            return torch.nn.functional.linear(images.permute(0, 2, 3, 4, 1), w.flatten(1), self.out.bias)
+        return self.out(images).permute(0, 2, 3, 4, 1)
+
+
+@torch.no_grad()
+def trunk_features(model, images, geoms, depth=None) -> torch.Tensor:
+    """Voxel features entering the network's last layer (``model.net.out``), read by a forward hook
+    (the network's own forward runs unchanged).
+
+    Args:
+        model: :class:`AgoModel` with a :class:`CameraToVoxelNet`.
+        images: (B, Ncam, 3, H, W) float [0, 1]; geoms: B lift geometries; depth: (B, Ncam, Hd, Wd) or None.
+
+    Returns:
+        (B, hidden, X, Y, Z) float.
+    """
+    got = []
+    h = model.net.out.register_forward_hook(lambda mod, inp, out: got.append(inp[0].detach()))
+    try:
+        model.net(images, geoms, depth)
+    finally:
+        h.remove()
+    return got[0]
+
+
+def save_feature_cache(path, model, samples, meta: dict | None = None, batch_size: int = 4) -> Path:
+    """Write the voxel features of ``samples`` (:func:`trunk_features`) to one safetensors file,
+    atomically: per sample ``<i>/feats`` (hidden, X, Y, Z) float16, ``<i>/semantics`` uint8 Occ3D
+    labels, ``<i>/mask_camera`` uint8; tokens and ``meta`` as JSON metadata. Read by
+    :func:`load_feature_samples` (``data.features_file``).
+
+    Raises:
+        ValueError: labels outside 0-255.
+    """
+    from safetensors.torch import save_file
+
+    from occ_audit_ros.atomic import atomic_path
+
+    was = model.training
+    model.eval()
+    tensors, tokens = {}, []
+    for i0 in range(0, len(samples), batch_size):
+        part = samples[i0:i0 + batch_size]
+        b = collate(part)
+        feats = trunk_features(model, b["images"], b["geoms"], b["depth"]).cpu()
+        for j, s in enumerate(part):
+            i = i0 + j
+            if int(s.semantics.min()) < 0 or int(s.semantics.max()) > 255:
+                raise ValueError(f"sample {s.token}: semantics outside 0-255")
+            tensors[f"{i}/feats"] = feats[j].to(torch.float16).contiguous()
+            tensors[f"{i}/semantics"] = s.semantics.cpu().to(torch.uint8).contiguous()
+            tensors[f"{i}/mask_camera"] = s.mask_camera.cpu().to(torch.uint8).contiguous()
+            tokens.append(s.token)
+    model.train(was)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"ago_features": json.dumps(tokens), "meta": json.dumps(meta or {})})
+    return path
+
+
+def load_feature_samples(path, spec: VoxelGridSpec | None = None) -> list:
+    """Samples of a :func:`save_feature_cache` file as :class:`AgoSample` whose ``images`` are the
+    cached features (hidden, X, Y, Z) float32, ``depth`` an empty tensor and ``geom`` None.
+
+    Raises:
+        FileNotFoundError: no file; ValueError: not a feature file, or a grid other than ``spec``'s.
+    """
+    from safetensors import safe_open
+
+    from training.ago.data import AgoSample
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"feature file {path} not found")
+    out = []
+    with safe_open(str(path), "pt") as f:
+        md = f.metadata() or {}
+        if "ago_features" not in md:
+            raise ValueError(f"{path} is not an AGO feature file (save_feature_cache)")
+        for i, tok in enumerate(json.loads(md["ago_features"])):
+            sem = f.get_tensor(f"{i}/semantics").long()
+            if spec is not None and tuple(sem.shape) != tuple(spec.dims):
+                raise ValueError(f"{path}: sample {i} grid {tuple(sem.shape)} != {spec.dims}")
+            out.append(AgoSample(tok, f.get_tensor(f"{i}/feats").float(), torch.zeros(0), None, sem,
+                                 f.get_tensor(f"{i}/mask_camera").bool(), None))
+    return out
+
+
+def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = True, callback=None) -> dict:
     """Run training as configured.
 
     Returns:
@@ -150,9 +314,16 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
             (B, X, Y, Z, K + 1) (Occ3D labels 0-17 for the closed vocabulary). ``None`` (default):
             the hooks the config names (:func:`extra_losses_from_config`: ``visa.enabled``).
         resume: continue from ``<out_dir>/latest`` when present.
+        callback: optional ``fn(step, model) -> dict`` run on rank 0 after every ``eval_every``-th
+            step (config key, default off) with the model in train mode; its figures are added to
+            that step's ``log.jsonl`` line (learning curves, e.g. validation mIoU).
+
+    ``data.features_file`` (cached-feature mode, module docstring) replaces the samples by a
+    :func:`save_feature_cache` file and the network by its last layer.
 
     Raises:
-        ValueError: inconsistent config (alignment without a shared CLIP space).
+        ValueError: inconsistent config (alignment without a shared CLIP space, or alignment in
+            cached-feature mode, which has no camera geometry).
     """
     rank, world = _dist_setup()
     device = resolve_device(cfg.get("device", "auto"))
@@ -165,6 +336,8 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
     align_enc = align_target = None
     acfg = cfg.get("align", {}) or {}
     source = acfg.get("source", "clip")
+    if acfg.get("enabled") and cfg["data"].get("features_file"):
+        raise ValueError("align.enabled needs camera geometry; data.features_file (cached features) has none")
     if acfg.get("enabled") and source == "oracle":
         from training.ago.oracle_vlm import OracleVoxelVLM
 
@@ -181,6 +354,8 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
     gt_dir = d.get("gt_dir")
 
     def _load():
+        if d.get("features_file"):  # cached voxel features (save_feature_cache)
+            return load_feature_samples(d["features_file"], spec)
         if d.get("samples_file"):  # precomputed (save_samples_file): no nuScenes devkit needed
             return load_samples_file(d["samples_file"], spec)
         return load_samples(d.get("dataroot"), d.get("annotations"), d.get("tokens"), spec, d["image_scale"],
@@ -249,9 +424,11 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
         bar.update(1)
         bar.set_postfix(loss=f"{losses['total']:.3f}")
         if rank == 0:
-            if step % cfg.get("log_every", 10) == 0 or step == o["steps"]:
+            every = cfg.get("eval_every")
+            extra = callback(step, model) if callback is not None and every and step % int(every) == 0 else None
+            if step % cfg.get("log_every", 10) == 0 or step == o["steps"] or extra:
                 with log_path.open("a") as f:
-                    f.write(json.dumps({"step": step, "lr": lr_at(step - 1, o), **losses}) + "\n")
+                    f.write(json.dumps({"step": step, "lr": lr_at(step - 1, o), **losses, **(extra or {})}) + "\n")
             if step % cfg.get("checkpoint_every", 50) == 0 or step == o["steps"]:
                 save_checkpoint(out, step, model, opt, meta)
     bar.close()

@@ -1,8 +1,8 @@
 """Occ3D-nuScenes label space and the frozen evaluation class lists (``config/ago_classes.yaml``).
 
 Source: Occ3D README / ``occ_metrics.py`` (labels 0-16 in nuScenes-lidarseg order, 17 = free;
-``benchmarks.md`` §4), AGO Table 1 (mIoU*), AGO Table 2 (open-world split, reconstructed in
-``ago.md`` §7), ``visa.md`` §2 (object / rare classes).
+Occ3D README and ``Metric_mIoU``), AGO Table 1 (mIoU*), AGO §4.1 / Table 2 (open-world split,
+reconstructed from the published means: design choice), object / rare classes (design choice, docs/visa.md §2).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Grounding head, free embedding, modality adapter and open-world identifier (AGO §3.1-3.3).
 
 Voxel-text similarity (AGO Eq. 3) is a **scaled cosine**: ``S = s * <f/|f|, t/|t|>`` with a learnable
-temperature ``s = exp(log_scale)`` initialised at 1/0.07 (CLIP's), the deviation ``ago.md`` §8 allows
+temperature ``s = exp(log_scale)`` initialised at 1/0.07 (CLIP's), a design choice (AGO Eq. 3 uses raw dot products)
 when raw dot products are unstable (they are with randomly initialised voxel features). Category
 logits (Eq. 4) average the phrase logits of each category. Logit layout: ``(N, K + 1 + M)`` =
 K vocabulary categories, free at K, M noise categories (see :mod:`.losses`).
@@ -65,18 +65,20 @@ class GroundingHead(nn.Module):
         """
         if feats.shape[-1] != self.dim or bank.emb.shape[-1] != self.dim:
             raise ValueError(f"voxel width {feats.shape[-1]} / text width {bank.emb.shape[-1]} != head width {self.dim}")
-        f = F.normalize(feats, dim=-1)
-        t = F.normalize(bank.emb.to(f), dim=-1)
+        t = F.normalize(bank.emb.to(feats), dim=-1)
         k = bank.num_categories
-        token_cat = bank.token_cat.to(f.device)
-        avg = torch.zeros(t.shape[0], k, dtype=f.dtype, device=f.device)
-        avg[torch.arange(t.shape[0], device=f.device), token_cat] = 1.0
+        token_cat = bank.token_cat.to(feats.device)
+        avg = torch.zeros(t.shape[0], k, dtype=feats.dtype, device=feats.device)
+        avg[torch.arange(t.shape[0], device=feats.device), token_cat] = 1.0
         avg = avg / avg.sum(0, keepdim=True)
-        scale = self.log_scale.exp()
-        cols = [(f @ t.T) @ avg, (f @ F.normalize(self.free_embedding, dim=0))[:, None]]
+        # <f/|f|, t> for every column as one (N, C) x (C, K+1+M) product divided by |f| (the same
+        # values as normalising f first, without (N, C)-sized normalisation passes); the phrase
+        # average of Eq. 4 is applied to the text side: (f t^T) avg = f (t^T avg)
+        cols = [t.T @ avg, F.normalize(self.free_embedding, dim=0).to(feats)[:, None]]
         if noise_emb is not None and len(noise_emb):
-            cols.append(f @ F.normalize(noise_emb.to(f), dim=-1).T)
-        return scale * torch.cat(cols, dim=1)
+            cols.append(F.normalize(noise_emb.to(feats), dim=-1).T)
+        norm = feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize's eps
+        return (self.log_scale.exp() / norm) * (feats @ torch.cat(cols, dim=1))
 
     def forward(self, feats: torch.Tensor, bank: TextBank, noise_emb: torch.Tensor | None = None) -> dict:
         """Both branches.

@@ -1,12 +1,12 @@
 """Class prompts expanded into sub-category phrases, noise prompts, and the frozen text bank.
 
 AGO §3.1-3.2 (Eq. 3-4): every label is expanded into finer sub-category phrases (ours:
-``config/ago_classes.yaml`` ``phrases``, ``ago.md`` §8); each phrase is encoded once by the frozen
+``config/ago_classes.yaml`` ``phrases``; design choice: the paper's lists are not public); each phrase is encoded once by the frozen
 text encoder; a category's logit is the mean of its phrases' logits. Noise prompts — words drawn at
 random from a general dictionary every iteration — are extra negative categories (AGO Table 5: random
 dictionary noise beats a fixed set). Our dictionary is the whole-word part of the BERT WordPiece
 vocabulary shipped with all-MiniLM-L6-v2 (``vocab.txt``); words whose embedding has cosine > 0.8 to
-a label phrase are rejected (``ago.md`` §8, design choice).
+a label phrase are rejected (design choice).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class NoiseSampler:
         encoder: the frozen text encoder (a :class:`CachedTextEncoder` keeps repeated words cheap).
         words: dictionary.
         label_emb: (T, C) label phrase embeddings; words with cosine > ``threshold`` to any are rejected.
-        threshold: rejection cosine (0.8, ``ago.md`` §8).
+        threshold: rejection cosine (0.8, design choice).
         seed: RNG seed (per process; vary it per rank).
         pool_size: when set, a random pool of this many dictionary words is embedded and filtered
             once, and every :meth:`sample` draws from it (an encoder call per step costs seconds on a

@@ -6,6 +6,11 @@ Conventions:
   along the optical axis with NaN where there is no return (REP-118: 16UC1 is millimetres and
   0 = no return; 32FC1 is metres and keeps its NaN / +-inf).
 * Frames follow REP-103; voxel grids are in ``voxels.frame_id`` (``base_link`` for the node).
+* Transforms: (4, 4) ``T_parent_child`` matrices; quaternions are converted only by
+  :func:`occ_audit_ros.geometry.pose_xyzw_to_matrix` / :func:`~occ_audit_ros.geometry.matrix_to_pose_xyzw`
+  (message order ``x, y, z, w``; ``w >= 0`` on output).
+* These builders are the only place the package makes these messages: the nodes publish them and
+  :mod:`occ_audit_ros.tools.nuscenes_to_bag` serialises the same objects into bags.
 * Stamps are ``builtin_interfaces/Time`` on the wire and int nanoseconds in numpy-land.
 * Array fields are filled from bytes (``array.array`` / ``bytes``), never from Python lists of
   numbers, because rosidl's per-element conversion costs ~1 s per 10 M elements.
@@ -19,31 +24,37 @@ from __future__ import annotations
 import array
 import math
 import operator
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Point, Quaternion, Transform, Vector3
+from geometry_msgs.msg import Point, Pose, Quaternion, Transform, TransformStamped, Vector3
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from occ_audit_ros.viz import RANDOM_WEIGHTS_BANNER, label_palette
+from occ_audit_ros.geometry import matrix_to_pose_xyzw, pose_xyzw_to_matrix
+from occ_audit_ros.palette import RANDOM_WEIGHTS_BANNER, label_palette
 from occ_audit_ros.voxel_grid import SemanticVoxels, VoxelGridSpec
 
 __all__ = [
     "COLOR_ENCODINGS",
     "DEPTH_ENCODINGS",
     "POINT_DTYPE",
+    "boxes_to_markers",
+    "camera_info_from_K",
     "camera_info_to_K",
     "check_image_matches_info",
     "depth_from_image_msg",
     "image_to_numpy",
     "label_palette",
+    "matrix_to_pose",
     "matrix_to_transform",
+    "matrix_to_transform_stamped",
     "msg_to_semantic_voxels",
     "ns_to_stamp",
     "numpy_to_image",
+    "numpy_to_pointcloud2",
     "pointcloud2_to_numpy",
     "rgb_from_image_msg",
     "semantic_voxels_to_markers",
@@ -269,6 +280,42 @@ def camera_info_to_K(msg: CameraInfo) -> np.ndarray:
     return K
 
 
+def camera_info_from_K(
+    K: np.ndarray, width: int, height: int, stamp: Time | int | None = None, frame_id: str = ""
+) -> CameraInfo:
+    """``sensor_msgs/CameraInfo`` of an undistorted (already rectified) monocular pinhole camera.
+
+    ``k = K``, ``p = [K | 0]``, ``r = I``, ``distortion_model = "plumb_bob"`` with ``d = 0`` (5
+    coefficients), no binning, an empty ROI (= full image). Inverse of :func:`camera_info_to_K`.
+
+    Args:
+        K: (3, 3) intrinsics ``[[fx, s, cx], [0, fy, cy], [0, 0, 1]]`` [pixels].
+        width, height: image size [pixels], > 0.
+        stamp: header stamp (Time or int ns); None = zero.
+        frame_id: header frame (the camera's optical frame).
+
+    Raises:
+        ValueError: on a K that :func:`camera_info_to_K` would reject, or a non-positive size.
+    """
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise ValueError(f"K must be (3, 3), got {K.shape}")
+    if int(width) <= 0 or int(height) <= 0:
+        raise ValueError(f"camera size must be positive, got {width} x {height} (W x H)")
+    P = np.zeros((3, 4), dtype=np.float64)
+    P[:, :3] = K  # monocular, already rectified: P = [K | 0]
+    msg = CameraInfo()
+    msg.header = Header(stamp=_to_stamp(stamp), frame_id=frame_id)
+    msg.height, msg.width = int(height), int(width)
+    msg.distortion_model = "plumb_bob"
+    msg.d = array.array("d", bytes(5 * 8))
+    msg.k = K.reshape(9)
+    msg.r = np.eye(3, dtype=np.float64).reshape(9)
+    msg.p = P.reshape(12)
+    camera_info_to_K(msg)  # the same checks a consumer applies
+    return msg
+
+
 def check_image_matches_info(image_msg: Image, info_msg: CameraInfo) -> None:
     """Check that an image has the size its ``CameraInfo`` was calibrated for.
 
@@ -291,7 +338,7 @@ def check_image_matches_info(image_msg: Image, info_msg: CameraInfo) -> None:
 
 
 def transform_to_matrix(transform: Transform) -> np.ndarray:
-    """``geometry_msgs/Transform`` -> homogeneous matrix.
+    """``geometry_msgs/Transform`` -> homogeneous matrix (:func:`occ_audit_ros.geometry.pose_xyzw_to_matrix`).
 
     The quaternion is renormalised (float round-off in upstream TF math), but one whose norm is
     more than 1e-3 off 1 is rejected as garbage rather than silently "fixed".
@@ -304,72 +351,62 @@ def transform_to_matrix(transform: Transform) -> np.ndarray:
         ValueError: on non-finite values or a quaternion with ``| |q| - 1 | > 1e-3``.
     """
     t, q = transform.translation, transform.rotation
-    trans = np.array([t.x, t.y, t.z], dtype=np.float64)
-    quat = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
-    if not (np.all(np.isfinite(trans)) and np.all(np.isfinite(quat))):
-        raise ValueError(f"transform has non-finite values: t={trans.tolist()}, q={quat.tolist()}")
-    norm = float(np.linalg.norm(quat))
-    if abs(norm - 1.0) > 1e-3:
-        raise ValueError(f"quaternion (x, y, z, w)={quat.tolist()} has norm {norm}, not 1")
-    x, y, z, w = quat / norm
-    T = np.eye(4)
-    T[:3, :3] = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ]
-    T[:3, 3] = trans
-    return T
-
-
-def _rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation -> (x, y, z, w) unit quaternion with w >= 0 (Shepperd's stable branches)."""
-    tr = np.trace(R)
-    if tr > 0:
-        s = math.sqrt(tr + 1.0) * 2
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, s / 4]
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2]) * 2
-        q = [s / 4, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
-    elif R[1, 1] > R[2, 2]:
-        s = math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2]) * 2
-        q = [(R[0, 1] + R[1, 0]) / s, s / 4, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
-    else:
-        s = math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1]) * 2
-        q = [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, s / 4, (R[1, 0] - R[0, 1]) / s]
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
+    return pose_xyzw_to_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w), norm_tolerance=1e-3)
 
 
 def matrix_to_transform(matrix: np.ndarray) -> Transform:
     """Homogeneous matrix -> ``geometry_msgs/Transform`` (inverse of :func:`transform_to_matrix`).
 
     Args:
-        matrix: (4, 4) float rigid transform, rotation orthonormal with det +1 (within 1e-5),
-            last row (0, 0, 0, 1).
+        matrix: (4, 4) float rigid transform ``T_parent_child``, rotation orthonormal with det +1
+            (within 1e-5), last row (0, 0, 0, 1).
 
     Returns:
-        Transform with a unit quaternion, ``w >= 0``.
+        Transform with a unit quaternion, ``w >= 0`` (:func:`occ_audit_ros.geometry.matrix_to_pose_xyzw`).
 
     Raises:
         ValueError: on a wrong shape, non-finite values, a last row other than (0, 0, 0, 1) or a
             rotation block that is not a proper rotation.
     """
-    T = np.asarray(matrix, dtype=np.float64)
-    if T.shape != (4, 4):
-        raise ValueError(f"transform matrix must be (4, 4), got {T.shape}")
-    if not np.all(np.isfinite(T)):
-        raise ValueError("transform matrix has non-finite entries")
-    if not np.allclose(T[3], [0, 0, 0, 1], atol=1e-9):
-        raise ValueError(f"last row of a rigid transform must be (0, 0, 0, 1), got {T[3].tolist()}")
-    R = T[:3, :3]
-    if not (np.allclose(R @ R.T, np.eye(3), atol=1e-5) and np.linalg.det(R) > 0):
-        raise ValueError(f"rotation block is not a proper rotation matrix: {R.tolist()}")
-    x, y, z, w = _rotation_to_quaternion(R)
+    (tx, ty, tz), (x, y, z, w) = matrix_to_pose_xyzw(matrix, rotation_tolerance=1e-5)
     return Transform(
-        translation=Vector3(x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
+        translation=Vector3(x=float(tx), y=float(ty), z=float(tz)),
         rotation=Quaternion(x=float(x), y=float(y), z=float(z), w=float(w)),
+    )
+
+
+def matrix_to_pose(matrix: np.ndarray) -> Pose:
+    """Homogeneous matrix -> ``geometry_msgs/Pose`` (position = translation, orientation ``w >= 0``).
+
+    Args:
+        matrix: (4, 4) rigid transform ``T_frame_object`` (the object's pose in its frame).
+
+    Raises:
+        ValueError: as :func:`matrix_to_transform`.
+    """
+    (tx, ty, tz), (x, y, z, w) = matrix_to_pose_xyzw(matrix, rotation_tolerance=1e-5)
+    return Pose(position=Point(x=float(tx), y=float(ty), z=float(tz)),
+                orientation=Quaternion(x=float(x), y=float(y), z=float(z), w=float(w)))
+
+
+def matrix_to_transform_stamped(
+    matrix: np.ndarray, stamp: Time | int | None, parent_frame: str, child_frame: str
+) -> TransformStamped:
+    """``geometry_msgs/TransformStamped`` of ``T_parent_child`` (see :func:`matrix_to_transform`).
+
+    Args:
+        matrix: (4, 4) rigid transform mapping ``child_frame`` points into ``parent_frame``.
+        stamp: header stamp (Time or int ns); None = zero.
+        parent_frame: ``header.frame_id``.
+        child_frame: ``child_frame_id``.
+
+    Raises:
+        ValueError: as :func:`matrix_to_transform`.
+    """
+    return TransformStamped(
+        header=Header(stamp=_to_stamp(stamp), frame_id=parent_frame),
+        child_frame_id=child_frame,
+        transform=matrix_to_transform(matrix),
     )
 
 
@@ -547,13 +584,62 @@ _POINTFIELD_TO_NUMPY = {
     PointField.FLOAT32: "f4",
     PointField.FLOAT64: "f8",
 }
+_NUMPY_TO_POINTFIELD = {kind: datatype for datatype, kind in _POINTFIELD_TO_NUMPY.items()}
+
+
+def numpy_to_pointcloud2(
+    points: np.ndarray, stamp: Time | int | None = None, frame_id: str = "", is_dense: bool | None = None
+) -> PointCloud2:
+    """Structured numpy array -> unorganised ``sensor_msgs/PointCloud2`` (inverse of :func:`pointcloud2_to_numpy`).
+
+    One PointField per dtype field, with the dtype's names, offsets and ``point_step = itemsize``
+    (padding bytes between fields are kept as they are in ``points``); ``height = 1``,
+    ``width = N``, ``row_step = point_step * N``, little-endian.
+
+    Args:
+        points: (N,) structured array whose fields are little-endian (or native on a
+            little-endian host) int8/16/32, uint8/16/32, float32 or float64 scalars.
+        stamp: header stamp (Time or int ns); None = zero.
+        frame_id: header frame of the points.
+        is_dense: the message's ``is_dense``; None = every floating field of every point is finite.
+
+    Raises:
+        ValueError: when ``points`` is not a 1-D structured array, or a field is big-endian, a
+            sub-array or of a type PointField cannot express.
+    """
+    points = np.asarray(points)
+    if points.ndim != 1 or points.dtype.names is None:
+        raise ValueError(f"points must be a 1-D structured array, got shape {points.shape} dtype {points.dtype}")
+    fields, floating = [], []
+    for name in points.dtype.names:
+        field_dtype, offset = points.dtype.fields[name][:2]
+        if field_dtype.subdtype is not None or field_dtype != field_dtype.newbyteorder("<"):
+            raise ValueError(f"field {name!r} ({field_dtype}) must be a little-endian scalar")
+        datatype = _NUMPY_TO_POINTFIELD.get(field_dtype.newbyteorder("<").str[1:])
+        if datatype is None:
+            raise ValueError(f"field {name!r} has dtype {field_dtype}, which PointField cannot express")
+        fields.append(PointField(name=name, offset=int(offset), datatype=datatype, count=1))
+        if field_dtype.kind == "f":
+            floating.append(name)
+    if is_dense is None:
+        is_dense = all(bool(np.all(np.isfinite(points[name]))) for name in floating)
+    msg = PointCloud2()
+    msg.header = Header(stamp=_to_stamp(stamp), frame_id=frame_id)
+    msg.height, msg.width = 1, len(points)
+    msg.fields = fields
+    msg.is_bigendian = False
+    msg.point_step = points.dtype.itemsize
+    msg.row_step = msg.point_step * msg.width
+    msg.data = np.ascontiguousarray(points).tobytes()
+    msg.is_dense = bool(is_dense)
+    return msg
 
 
 def semantic_voxels_to_pointcloud2(voxels: SemanticVoxels, stamp: Time | int | None = None) -> PointCloud2:
     """Occupied voxel centres as an unorganised ``sensor_msgs/PointCloud2``.
 
-    Fields (little-endian, ``point_step = 20``): ``x, y, z`` FLOAT32 voxel centre in
-    ``voxels.frame_id`` [m] at offsets 0/4/8; ``label`` UINT32 label id (index into
+    Fields (little-endian, ``point_step = 20``, :data:`POINT_DTYPE`): ``x, y, z`` FLOAT32 voxel
+    centre in ``voxels.frame_id`` [m] at offsets 0/4/8; ``label`` UINT32 label id (index into
     ``voxels.labels``) at 12; ``score`` FLOAT32 at 16. ``height = 1``, ``width = M``,
     ``row_step = 20 * M``; ``is_dense`` is True unless a score is NaN / inf.
 
@@ -566,21 +652,8 @@ def semantic_voxels_to_pointcloud2(voxels: SemanticVoxels, stamp: Time | int | N
     points["x"], points["y"], points["z"] = centers[:, 0], centers[:, 1], centers[:, 2]
     points["label"] = np.asarray(voxels.label_ids, dtype=np.uint32)
     points["score"] = np.asarray(voxels.scores, dtype=np.float32)
-    msg = PointCloud2()
-    msg.header = Header(stamp=_to_stamp(stamp, voxels.stamp_ns), frame_id=voxels.frame_id)
-    msg.height, msg.width = 1, len(points)
-    msg.fields = [
-        PointField(name=name, offset=POINT_DTYPE.fields[name][1], datatype=datatype, count=1)
-        for name, datatype in (("x", PointField.FLOAT32), ("y", PointField.FLOAT32),
-                               ("z", PointField.FLOAT32), ("label", PointField.UINT32),
-                               ("score", PointField.FLOAT32))
-    ]
-    msg.is_bigendian = False
-    msg.point_step = POINT_DTYPE.itemsize
-    msg.row_step = msg.point_step * msg.width
-    msg.data = points.tobytes()
-    msg.is_dense = bool(np.all(np.isfinite(points["score"])))
-    return msg
+    return numpy_to_pointcloud2(points, _to_stamp(stamp, voxels.stamp_ns), voxels.frame_id,
+                                is_dense=bool(np.all(np.isfinite(points["score"]))))
 
 
 def pointcloud2_to_numpy(msg: PointCloud2) -> np.ndarray:
@@ -705,6 +778,43 @@ def semantic_voxels_to_markers(
     return MarkerArray(markers=markers)
 
 
+def boxes_to_markers(
+    boxes: Iterable[Any],
+    stamp: Time | int | None,
+    frame_id: str,
+    category_colors: Mapping[str, tuple[float, float, float]] | None = None,
+    default_color: tuple[float, float, float] = (0.6, 0.6, 0.6),
+    alpha: float = 0.5,
+) -> MarkerArray:
+    """One RViz ``CUBE`` marker per oriented 3D box (no DELETEALL: the boxes of a bag's keyframe).
+
+    Box interface (duck-typed, e.g. :class:`occ_audit_ros.nuscenes_io.GTBox`): ``center`` (3,)
+    geometric centre in ``frame_id`` [m]; ``size`` (3,) length, width, height [m] along the box's
+    local x, y, z; ``rotation`` (3, 3) box orientation in ``frame_id``; ``category`` (str, the
+    marker ``ns``); ``index`` (int, the marker ``id``).
+
+    Markers have ``action = ADD``, zero lifetime (shown until replaced), ``scale = size`` and
+    colour ``category_colors[category]`` (else ``default_color``) with ``alpha``.
+
+    Raises:
+        ValueError: when a box rotation is not a proper rotation matrix.
+    """
+    colors = category_colors or {}
+    header = Header(stamp=_to_stamp(stamp), frame_id=frame_id)
+    markers = []
+    for box in boxes:
+        T = np.eye(4, dtype=np.float64)
+        T[:3, :3] = np.asarray(box.rotation, dtype=np.float64)
+        T[:3, 3] = np.asarray(box.center, dtype=np.float64).reshape(3)
+        size = np.asarray(box.size, dtype=np.float64).reshape(3)
+        m = Marker(header=header, ns=str(box.category), id=int(box.index), type=Marker.CUBE, action=Marker.ADD)
+        m.pose = matrix_to_pose(T)
+        m.scale = Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2]))
+        m.color = _color(np.asarray(colors.get(box.category, default_color), dtype=np.float64), alpha)
+        markers.append(m)
+    return MarkerArray(markers=markers)
+
+
 # ---------------------------------------------------------------------------------------------
 # Hidden-object (VOOL) answers
 
@@ -755,17 +865,7 @@ def hidden_object_to_pointcloud2(answer: Any) -> PointCloud2:
     centers = answer.centers()
     points["x"], points["y"], points["z"] = centers[:, 0], centers[:, 1], centers[:, 2]
     points["probability"] = np.asarray(answer.probabilities, dtype=np.float32)
-    msg = PointCloud2()
-    msg.header = Header(stamp=ns_to_stamp(answer.stamp_ns), frame_id=answer.frame_id)
-    msg.height, msg.width = 1, len(points)
-    msg.fields = [PointField(name=n, offset=HIDDEN_POINT_DTYPE.fields[n][1], datatype=PointField.FLOAT32, count=1)
-                  for n in HIDDEN_POINT_DTYPE.names]
-    msg.is_bigendian = False
-    msg.point_step = HIDDEN_POINT_DTYPE.itemsize
-    msg.row_step = msg.point_step * msg.width
-    msg.data = points.tobytes()
-    msg.is_dense = True
-    return msg
+    return numpy_to_pointcloud2(points, ns_to_stamp(answer.stamp_ns), answer.frame_id, is_dense=True)
 
 
 def hidden_object_to_markers(answer: Any, color=(1.0, 0.1, 0.9)) -> MarkerArray:

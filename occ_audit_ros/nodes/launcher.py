@@ -5,11 +5,13 @@ arguments, includes, conditions, parameter files, inline parameters and remappin
 ``ros2 launch`` would use) and starts this package's nodes in one process on a
 MultiThreadedExecutor. Executables of other packages (``rviz2``) cannot run here and are listed as
 skipped. Differences from ``ros2 launch``: one process instead of one per node; parameter files of
-``perception_node`` go through rcl's own ``--params-file`` parser, those of ``bag_player`` through
-:func:`~occ_audit_ros.launch_static.flatten_params_file`.
+``perception_node`` go through rcl's own ``--params-file`` parser (one ``--params-file`` per file,
+in order: the base ``config/perception.yaml``, then ``config/models/<model>.yaml``), those of
+``bag_player`` through :func:`~occ_audit_ros.launch_static.flatten_params_file` (merged in order).
 
     python -m occ_audit_ros.nodes.launcher launch/nuscenes_replay.launch.py bag:=output/demo/input_bag \\
         clip_model:=random rviz:=false [--frames N] [--timeout S]
+    python -m occ_audit_ros.nodes.launcher launch/perception.launch.py model:=semabs clip_model:=random
 """
 
 from __future__ import annotations

@@ -10,14 +10,18 @@ A thin rclpy adapter over :class:`occ_audit_ros.pipeline.PerceptionPipeline`:
 * publishes ``semantic_voxels`` (occ_audit_ros/SemanticVoxelGrid), ``semantic_voxel_markers``
   (visualization_msgs/MarkerArray) and ``semantic_points`` (sensor_msgs/PointCloud2), reliable;
 * publishes ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): counters, rates, per-stage latency;
-* with ``model: semabs`` answers hidden-object queries (``hidden_object_query``,
+* with a model that answers them (``model: semabs``) answers hidden-object queries (``hidden_object_query``,
   occ_audit_ros/HiddenObjectQuery) on the first processed frame at or after the query's stamp with
   ``hidden_object_result`` (occ_audit_ros/HiddenObjectResult), ``hidden_object_markers`` (CUBE_LIST,
   alpha = probability) and ``hidden_object_points`` (PointCloud2 x, y, z, probability), all in
   ``target_frame``.
 
-``model`` picks what computes the grid (``occ_audit_ros/backends.py``): the relevancy point cloud
-(default), Semantic Abstraction's OVSSC network, or an AGO checkpoint.
+``model`` picks what computes the grid, built by ``occ_audit_ros.backends.create_backend``: the
+relevancy point cloud (default), Semantic Abstraction's OVSSC network, or an AGO checkpoint. The node
+talks to it only through the ``Backend`` interface and its optional capabilities (``UsesRelevancy``,
+``HiddenObjectQueries``, ``Reconfigurable``); a model's own parameters (``semabs.*``, ``ago.*``) are
+declared only when that model is chosen. Parameter files layer: ``--params-file config/perception.yaml
+--params-file config/models/<model>.yaml`` (later files win).
 
 Inputs use sensor-data QoS, overridable per topic with the standard ``qos_overrides.<topic>.subscription.*``
 parameters; incompatible QoS events on any input or output are warnings naming the topic and policy.
@@ -35,7 +39,6 @@ import collections
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,15 +53,16 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from occ_audit_ros import conventions, paths
-from occ_audit_ros.backends import AgoBackend, HiddenObjectAnswer, SemAbsBackend
+from occ_audit_ros import conventions
+from occ_audit_ros.backends import (BACKENDS, Backend, HiddenObjectAnswer, HiddenObjectQueries, Reconfigurable,
+                                    UsesRelevancy, create_backend)
 from occ_audit_ros.clip_model import ClipWeightsUnavailable, load_clip
 from occ_audit_ros.devices import resolve_device
-from occ_audit_ros.params import PARAMS_BY_NAME, PERCEPTION_PARAMS, check_preset, validate
-from occ_audit_ros.pipeline import CameraInput, PerceptionPipeline, PipelineResult, pipeline_config_from_params
+from occ_audit_ros.params import COMMON_PARAMS, MODEL_OF, MODEL_PARAMS, check_preset, node_params, validate
+from occ_audit_ros.pipeline import CameraInput, PipelineResult
 from occ_audit_ros.sync import ApproximateSynchronizer
-from occ_audit_ros.relevancy import RelevancyExtractor
 from occ_audit_ros.tf_buffer import TransformBuffer, TransformUnavailable
+from occ_audit_ros.nodes import backend_params
 from occ_audit_ros.nodes.parameters import declare_parameters
 from occ_audit_ros.nodes.conversions import (camera_info_to_K, check_image_matches_info, depth_from_image_msg,
                           hidden_object_to_markers, hidden_object_to_msg, hidden_object_to_pointcloud2,
@@ -91,18 +95,6 @@ RUNTIME_PARAMS = frozenset({"labels", "relevancy.preset", "publish.markers", "pu
 STAGES = ("queue", "convert", "relevancy", "backproject", "fuse", "publish", "end_to_end")
 #: Hidden-object queries waiting for a frame; beyond this the oldest is dropped with a warning.
 MAX_PENDING_QUERIES = 16
-
-
-def resolve_model_path(path: str) -> str:
-    """A checkpoint path as given when it exists (absolute or relative to the working directory),
-    else the file shipped with the package (``paths.resource``); '' stays ''.
-
-    Raises:
-        FileNotFoundError: when neither exists.
-    """
-    if not path or Path(path).exists():
-        return path
-    return str(paths.resource(path))
 
 
 def input_topics(cameras: list[str]) -> list[str]:
@@ -141,6 +133,9 @@ class _Tf2RosLookup:
 class PerceptionNode(Node):
     """The ``perception_node`` executable; parameters in ``occ_audit_ros/params.py``.
 
+    Declares the common parameters, reads ``model``, then declares that model's group only.
+    The backend (:class:`occ_audit_ros.backends.Backend`) is ``self.backend``.
+
     Args:
         **kwargs: forwarded to ``rclpy.node.Node`` (``parameter_overrides``, ``cli_args``, ...).
 
@@ -159,32 +154,38 @@ class PerceptionNode(Node):
         self._last_warn: dict[str, float] = {}
         self.warn_counts: dict[str, list[int]] = {}  # key -> [logged, suppressed]
         self.warn_period_s = 0.0
-        declare_parameters(self, PERCEPTION_PARAMS)
-        values = {spec.name: self.get_parameter(spec.name).value for spec in PERCEPTION_PARAMS}
+        declare_parameters(self, COMMON_PARAMS)
+        self.model_kind: str = self.get_parameter("model").value
+        self.param_specs = node_params(self.model_kind)  # ValueError for an unknown model
+        declare_parameters(self, MODEL_PARAMS[self.model_kind])
+        self.param_names = frozenset(spec.name for spec in self.param_specs)
+        values = {spec.name: self.get_parameter(spec.name).value for spec in self.param_specs}
         values = {k: (list(v) if isinstance(v, (list, tuple)) or hasattr(v, "tolist") else v) for k, v in values.items()}
         self.values = validate(values)
         check_preset(self.values["relevancy.preset"])
-        config = pipeline_config_from_params(values)
+        config = backend_params.pipeline_config(values)
         self.cameras: list[str] = list(values["cameras"])
         self.publish_markers = values["publish.markers"]
         self.publish_points = values["publish.points"]
         self.warn_period_s = values["warn_period_s"]
+        other = sorted(n for n in getattr(self, "_parameter_overrides", {}) if MODEL_OF.get(n, self.model_kind)
+                       != self.model_kind)
+        if other:
+            self.get_logger().warning(f"ignoring {other}: parameters of model {MODEL_OF[other[0]]!r}, "
+                                      f"but model is {self.model_kind!r}")
 
         self.config = config
-        self.model_kind = values["model"]
         self.clip = None
-        self.pipeline: PerceptionPipeline | None = None
-        if self.model_kind != "ago":  # AGO brings its own image and text encoders
+        if BACKENDS[self.model_kind].uses_clip:  # AGO brings its own image and text encoders
             self.clip = load_clip(values["clip_model"], device=values["device"])
             if self.clip.random_weights:
                 self.get_logger().warning(
                     f"clip_model={self.clip.name}: RANDOMLY INITIALISED CLIP WEIGHTS. Every output is marked "
                     "random_weights=true and is NOT a real perception output.")
-            self.pipeline = PerceptionPipeline(self.clip, config)
-        self.backend = self._build_backend(values)
+        self.backend: Backend = self._build_backend(values)
         self.stages = ("queue", "convert") + tuple(self.backend.stages) + ("publish", "end_to_end")
         self._pending_preset: str | None = None  # set by a run-time change, applied by the worker
-        self._pending_vocab: list[str] | None = None  # model ago: new labels, applied by the worker
+        self._pending_vocab: list[str] | None = None  # new labels, applied by the worker between frames
         grid = self.backend.grid
         self.get_logger().info(
             f"model {self.model_kind} ({self.backend.model_name}); {len(config.labels)} labels; grid {grid.dims} "
@@ -250,29 +251,20 @@ class PerceptionNode(Node):
         self._worker = threading.Thread(target=self._work, name="perception_worker", daemon=True)
         self._worker.start()
 
-    def _build_backend(self, values: dict):
-        """The object whose ``process(cameras)`` computes the grid, per the ``model`` parameter.
+    def _build_backend(self, values: dict) -> Backend:
+        """The :class:`~occ_audit_ros.backends.Backend` of the ``model`` parameter (``create_backend``).
 
         Raises:
             FileNotFoundError / ValueError: missing or unusable checkpoints, a grid outside the workspace.
         """
-        device = resolve_device(values["device"])
-        if self.model_kind == "semabs":
-            return SemAbsBackend(self.pipeline.extractor, self.config, resolve_model_path(values["semabs.ovssc_checkpoint"]),
-                                 resolve_model_path(values["semabs.vool_checkpoint"]), camera=values["semabs.camera"],
-                                 workspace_center=values["semabs.workspace_center"],
-                                 num_points=values["semabs.num_points"],
-                                 min_probability=values["semabs.min_probability"], device=device)
-        if self.model_kind == "ago":
-            backend = AgoBackend(resolve_model_path(values["ago.checkpoint"]), self.config.labels,
-                                 self.config.target_frame, values["ago.identifier"], device=device)
-            if backend.grid != self.config.grid:
-                self.get_logger().info(f"model ago: publishing the checkpoint's grid {backend.grid} instead of grid.*")
-            if backend.random_weights:
-                self.get_logger().warning("ago checkpoint with RANDOMLY INITIALISED encoder weights: every output is "
-                                          "marked random_weights=true")
-            return backend
-        return self.pipeline
+        backend = create_backend(self.model_kind, self.config, backend_params.model_config(self.model_kind, values),
+                                 clip=self.clip, device=resolve_device(values["device"]))
+        if backend.grid != self.config.grid:
+            self.get_logger().info(f"model {self.model_kind}: publishing its own grid {backend.grid} instead of grid.*")
+        if backend.random_weights and not (self.clip is not None and self.clip.random_weights):
+            self.get_logger().warning(f"model {self.model_kind} ({backend.model_name}) has RANDOMLY INITIALISED "
+                                      "weights: every output is marked random_weights=true")
+        return backend
 
     @staticmethod
     def _tf_type():
@@ -372,7 +364,7 @@ class PerceptionNode(Node):
         """
         changes = {}
         for p in params:
-            if p.name not in PARAMS_BY_NAME:
+            if p.name not in self.param_names:
                 continue  # use_sim_time, qos_overrides.* (read-only) ...
             if p.name not in RUNTIME_PARAMS:
                 return SetParametersResult(successful=False, reason=f"{p.name} takes effect only at start: restart")
@@ -384,36 +376,36 @@ class PerceptionNode(Node):
         except ValueError as err:
             self.warn("param", f"refusing parameter change {changes}: {err}")
             return SetParametersResult(successful=False, reason=str(err))
+        model_changes = [name for name in changes if MODEL_OF.get(name) == self.model_kind]
+        if model_changes:
+            if not isinstance(self.backend, Reconfigurable):
+                return SetParametersResult(successful=False, reason=f"{model_changes} take effect only at start")
+            try:
+                self.backend.reconfigure(backend_params.model_config(self.model_kind, new_values))
+            except (TypeError, ValueError) as err:
+                self.warn("param", f"refusing parameter change {changes}: {err}")
+                return SetParametersResult(successful=False, reason=str(err))
         self.values = new_values
         if "labels" in changes:
-            if self.pipeline is not None:
-                self.pipeline.set_labels(new_values["labels"])
-            if self.model_kind == "ago":
-                with self._cv:  # applied by the worker between frames (it may be predicting now)
-                    self._pending_vocab = list(new_values["labels"])
-            self.get_logger().info(f"labels changed to {new_values['labels']}")
+            with self._cv:  # applied by the worker between frames (it may be processing one now)
+                self._pending_vocab = list(new_values["labels"])
+            self.get_logger().info(f"labels changed to {new_values['labels']} from the next frame")
         if "relevancy.preset" in changes:
             with self._cv:
                 self._pending_preset = new_values["relevancy.preset"] or ""
             self.get_logger().info(f"relevancy preset -> {new_values['relevancy.preset']!r} from the next frame")
         if "sync.slop_s" in changes:
             self.sync.slop_ns = int(new_values["sync.slop_s"] * 1e9)
-        if "semabs.min_probability" in changes and self.model_kind == "semabs":
-            self.backend.min_probability = new_values["semabs.min_probability"]
         self.publish_markers = new_values["publish.markers"]
         self.publish_points = new_values["publish.points"]
         self.warn_period_s = new_values["warn_period_s"]
         return SetParametersResult(successful=True)
 
     def _apply_preset(self, name: str) -> None:
-        """Swap the relevancy extractor for preset ``name`` ('' = the relevancy.* parameters)."""
-        if self.pipeline is None:
-            return  # model ago computes no relevancy
-        rel = pipeline_config_from_params({**self.values, "relevancy.preset": name}).relevancy
-        self.pipeline.config.relevancy = rel
-        self.pipeline.extractor = RelevancyExtractor(self.pipeline.clip, rel)
-        if self.model_kind == "semabs":
-            self.backend.set_relevancy(self.pipeline.extractor)
+        """Give the backend the relevancy settings of preset ``name`` ('' = the relevancy.* parameters);
+        a backend without a relevancy extractor (AGO) ignores the preset."""
+        if isinstance(self.backend, UsesRelevancy):
+            self.backend.set_relevancy(backend_params.relevancy_config({**self.values, "relevancy.preset": name}))
 
     # ------------------------------------------------------------------------------------- work
     def camera_inputs(self, matched: dict) -> list[CameraInput]:
@@ -464,16 +456,19 @@ class PerceptionNode(Node):
     def _answer(self, query) -> None:
         """Answer one hidden-object query on the last frame and publish result, markers and points.
 
-        An unanswerable query (model is not semabs, unknown relation, no VOOL checkpoint ...) is a
-        rate-limited warning and an empty result, so a client waiting for an answer gets one."""
-        if self.model_kind == "semabs":
+        An unanswerable query (a model without :class:`HiddenObjectQueries`, unknown relation, no VOOL
+        checkpoint ...) is a rate-limited warning and an empty result, so a client waiting for an
+        answer gets one."""
+        if isinstance(self.backend, HiddenObjectQueries):
             answer = self.backend.hidden_object(query.target, query.relation, query.reference)
         else:
+            able = [k.name for k in BACKENDS.values() if issubclass(k.backend_type, HiddenObjectQueries)]
             answer = HiddenObjectAnswer(query.target, query.relation, query.reference, self.backend.grid,
                                         self.config.target_frame, np.zeros(0, np.uint32), np.zeros(0, np.float32),
                                         stamp_ns=self.last_result.voxels.stamp_ns,
                                         random_weights=self.backend.random_weights, model=self.backend.model_name,
-                                        error=f"hidden-object queries need model 'semabs' (model is {self.model_kind!r})")
+                                        error=f"hidden-object queries need model {' or '.join(map(repr, able))} "
+                                              f"(model is {self.model_kind!r})")
         self.hidden_pub.publish(hidden_object_to_msg(answer, query))
         self.hidden_marker_pub.publish(hidden_object_to_markers(answer))
         self.hidden_points_pub.publish(hidden_object_to_pointcloud2(answer))
@@ -487,7 +482,7 @@ class PerceptionNode(Node):
             self.get_logger().info(
                 f"{'[RANDOM WEIGHTS] ' if answer.random_weights else ''}hidden object {query.target!r} "
                 f"{query.relation} {query.reference!r}: {len(answer.indices)} voxels with p >= "
-                f"{self.values['semabs.min_probability']}, max p = "
+                f"{answer.min_probability}, max p = "
                 f"{float(answer.probabilities.max()) if len(answer.indices) else 0.0:.2f}")
 
     def _work(self) -> None:
@@ -504,7 +499,10 @@ class PerceptionNode(Node):
                 preset, self._pending_preset = self._pending_preset, None
                 vocab, self._pending_vocab = self._pending_vocab, None
             if vocab is not None:
-                self.backend.set_labels(vocab)
+                try:
+                    self.backend.set_labels(vocab)
+                except ValueError as err:  # validated on the change already; never stop the worker
+                    self.warn("param", f"labels {vocab} not applied: {err}")
             if pending is None:
                 for query in queries:
                     self._answer_safely(query)
@@ -598,7 +596,7 @@ class PerceptionNode(Node):
             values[f"latency_{k}_max_s"] = f"{np.max(lat):.4f}" if lat else "nan"
         values["warnings_logged"] = str(sum(c[0] for c in self.warn_counts.values()))
         values["warnings_suppressed"] = str(sum(c[1] for c in self.warn_counts.values()))
-        values.update({"tf_backend": self.tf_backend, "labels": str(len(self.config.labels)),
+        values.update({"tf_backend": self.tf_backend, "labels": str(len(self.values["labels"])),
                        "relevancy_preset": self.values["relevancy.preset"] or "(parameters)",
                        "model": self.model_kind, "model_name": self.backend.model_name,
                        "clip_model": self.clip.name if self.clip is not None else "(none)",
@@ -650,7 +648,8 @@ class PerceptionNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``perception_node``: ``perception_node [--ros-args --params-file config/perception.yaml]``."""
+    """Entry point of ``perception_node``: ``perception_node [--ros-args --params-file config/perception.yaml
+    [--params-file config/models/<model>.yaml]]`` (several files load in order, later ones win)."""
     argv = sys.argv if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(rclpy.utilities.remove_ros_args(argv)[1:])

@@ -7,5 +7,6 @@
 * :mod:`.metrics` - voxel IoU at 32^3 with a global cutoff sweep; :mod:`.baselines` - the two baselines.
 * :mod:`.toy` - a tiny procedural box scene generator for tests and smoke runs (not the simulator).
 * :mod:`.checkpoint` - safetensors checkpoints with the model configuration; :mod:`.inference` - the
-  predictor a node calls.
+  predictor a node calls (our protocol or the released code's); :mod:`.importer` - converts the released
+  Semantic Abstraction checkpoints (``occ_audit_semabs_import``).
 """

@@ -3,10 +3,12 @@
 Data flow (design notes Sec. 3), per label (OVSSC) or per description (VOOL):
 
 1. per-point encoder: MLP [x, y, z, r] (4) -> 128 -> 128 -> D (LeakyReLU between layers);
-2. scatter with max into a G^3 grid (:func:`.pointcloud.scatter_max_grid`);
+2. scatter into a G^3 grid, max (``decoder_convention="ours"``) or mean (``"reference"``, as the
+   released code does) (:func:`.pointcloud.scatter_grid`);
 3. f_encode: residual 3D U-Net -> Z in R^{D x G^3};
-4. f_decode: trilinear ``grid_sample`` of Z at the query q (align_corners=True, border padding),
-   concatenated with the normalised coordinate of q, then Linear(D+3, D) -> LeakyReLU -> Linear(D, 1)
+4. f_decode: trilinear ``grid_sample`` of Z at the query q (align_corners=True, border padding; the
+   coordinate mapping follows ``decoder_convention``, see :mod:`.pointcloud`), concatenated with the
+   normalised coordinate of q, then Linear(D+3, D) -> LeakyReLU -> Linear(D, 1)
    gives the occupancy logit (OVSSC); with ``relevancy_skip`` (our deviation, off by default) the MLP
    also gets the query's cell relevancy (:func:`cell_relevancy`);
 5. VOOL: Z_target and Z_ref from the same encoder are concatenated (2D channels), sampled at q with the
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from occ_audit_ros.semabs.pointcloud import Workspace, normalise_queries, scatter_max_grid
+from occ_audit_ros.semabs.pointcloud import Workspace, check_convention, normalise_queries, scatter_grid
 from occ_audit_ros.semabs.unet3d import ResidualUNet3D
 
 __all__ = ["RELATIONS", "SemAbsConfig", "PointEncoder", "CompletionEncoder", "sample_grid", "cell_relevancy",
@@ -59,8 +61,14 @@ class SemAbsConfig:
         feat_dim: D, per-point encoder output and U-Net in/out channels [16].
         point_hidden: hidden width of the per-point encoder [128].
         concat_xyz: concatenate the normalised query coordinate before the decoder MLP [True].
-        reference_query_scaling: reproduce the reference decoder's query normalisation (divides by G,
-            not G - 1) [False here; True reproduces the released code].
+        decoder_convention: ``"ours"`` [default; our simulator networks were trained with it] or
+            ``"reference"`` (the released code and the released models; needed to run an imported
+            checkpoint). It sets four behaviours together: scatter mean vs max, unflipped vs flipped
+            ``grid_sample`` coordinates, clamped vs unclamped node index, division by G vs G - 1 (table
+            in :mod:`.pointcloud`). ``"reference"`` sets ``reference_query_scaling`` to True.
+        reference_query_scaling: with ``"ours"``, divide the node index by G instead of G - 1 [False].
+            Only one of the four behaviours: alone it does NOT reproduce the released code (use
+            ``decoder_convention="reference"``).
         pointing_dim: VOOL pointing embedding size P [64]; temperature: cosine temperature [0.07].
         relevancy_skip: OVSSC only, our deviation [False]: the decoder MLP also receives the
             query's :func:`cell_relevancy` (2 more inputs), a direct path for the raw relevancy that the
@@ -80,6 +88,7 @@ class SemAbsConfig:
     point_hidden: int = 128
     concat_xyz: bool = True
     reference_query_scaling: bool = False
+    decoder_convention: str = "ours"
     pointing_dim: int = 64
     temperature: float = 0.07
     relevancy_skip: bool = False
@@ -89,6 +98,9 @@ class SemAbsConfig:
         self.lower = tuple(float(v) for v in self.lower)
         self.upper = tuple(float(v) for v in self.upper)
         Workspace(self.lower, self.upper)
+        check_convention(self.decoder_convention)
+        if self.decoder_convention == "reference":
+            self.reference_query_scaling = True
         k = 2 ** (self.unet_levels - 1)
         if self.grid < 2 or self.grid % k:
             raise ValueError(f"grid {self.grid} must be >= 2 and divisible by 2^(unet_levels-1) = {k}")
@@ -128,7 +140,8 @@ class PointEncoder(nn.Sequential):
 
 
 class CompletionEncoder(nn.Module):
-    """Relevancy cloud -> feature volume Z (per-point encoder, scatter-max, residual 3D U-Net).
+    """Relevancy cloud -> feature volume Z (per-point encoder, scatter (max, or mean with the
+    ``"reference"`` convention), residual 3D U-Net).
 
     Args:
         config: :class:`SemAbsConfig`.
@@ -159,28 +172,35 @@ class CompletionEncoder(nn.Module):
         B, L, N = relevancy.shape
         pts = xyz[:, None].expand(B, L, N, 3).reshape(B * L, N, 3)
         feats = self.point_encoder(torch.cat([pts, relevancy.reshape(B * L, N, 1)], dim=-1))
-        vol = scatter_max_grid(pts, feats, self.config.workspace, self.config.grid)
+        reduce = "mean" if self.config.decoder_convention == "reference" else "max"
+        vol = scatter_grid(pts, feats, self.config.workspace, self.config.grid, reduce)
         return self.unet(vol)
 
 
 def sample_grid(volume: torch.Tensor, queries: torch.Tensor, workspace: Workspace, concat_xyz: bool = True,
-                reference_scaling: bool = False) -> torch.Tensor:
+                reference_scaling: bool = False, convention: str = "ours") -> torch.Tensor:
     """Trilinear features of a volume at query points (SemAbs f_decode input).
 
     Args:
         volume: (B, C, G, G, G) float, axis order (x, y, z) (as produced by the scatter).
         queries: (B, M, 3) float points in the workspace frame [m].
         workspace: bounds of the lattice (node 0 on ``lower``, node G - 1 on ``upper``).
-        concat_xyz: append the normalised coordinate (in [-1, 1]) of each query.
-        reference_scaling: see :func:`.pointcloud.normalise_queries`.
+        concat_xyz: append the normalised coordinate of each query (as given to ``grid_sample``, before
+            any flip).
+        reference_scaling, convention: see :func:`.pointcloud.normalise_queries`. With ``"reference"``
+            the coordinates go to ``grid_sample`` unflipped, so a query's x indexes the volume's last
+            axis, as in the released code (a transposed lookup its models were trained with).
 
     Returns:
         (B, M, C [+ 3]) float; outside the workspace the border value is used (padding "border").
+
+    Raises:
+        ValueError: for an unknown convention.
     """
     B, C = volume.shape[:2]
-    g = normalise_queries(queries, workspace, reference_scaling, volume.shape[-1])
+    g = normalise_queries(queries, workspace, reference_scaling, volume.shape[-1], convention)
     # grid_sample's last grid axis indexes (W, H, D) = volume dims (4, 3, 2) = (z, y, x).
-    grid = g.flip(-1).reshape(B, -1, 1, 1, 3)
+    grid = (g if convention == "reference" else g.flip(-1)).reshape(B, -1, 1, 1, 3)
     out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)
     out = out.reshape(B, C, -1).transpose(1, 2)
     return torch.cat([out, g], dim=-1) if concat_xyz else out
@@ -258,7 +278,7 @@ class SemAbsOVSSC(nn.Module):
             raise ValueError(f"relevancy_skip={self.config.relevancy_skip} but skip features "
                              f"{'given' if skip is not None else 'missing'}")
         f = sample_grid(volume, queries, self.config.workspace, self.config.concat_xyz,
-                        self.config.reference_query_scaling)
+                        self.config.reference_query_scaling, self.config.decoder_convention)
         if skip is not None:
             f = torch.cat([f, skip.to(f.dtype)], dim=-1)
         return self.decoder(f).squeeze(-1)
@@ -325,7 +345,7 @@ class SemAbsVOOL(nn.Module):
         z_r = self.encoder(xyz, reference_relevancy)
         vol = torch.cat([z_t, z_r], dim=1)
         f = sample_grid(vol, queries.reshape(B * Q, -1, 3), self.config.workspace, self.config.concat_xyz,
-                        self.config.reference_query_scaling)
+                        self.config.reference_query_scaling, self.config.decoder_convention)
         phi = self.spatial_decoder(f)  # (B*Q, M, P)
         e = self.relation_embeddings[relations.reshape(-1)]  # (B*Q, P)
         cos = F.cosine_similarity(phi, e[:, None, :], dim=-1)

@@ -3,12 +3,28 @@
 Semantic Abstraction (Ha & Song, CoRL 2022) Sec. 3.2 and App. 6.2: every depth pixel is lifted to a
 3D point in the workspace frame and carries the relevancy r of each queried label, giving a 4-D cloud
 {(x, y, z, r)}; N points are sampled uniformly from the in-bounds ones, encoded per point and
-scattered with a max reduction into a G^3 grid.
+scattered into a G^3 grid.
 
 Grid convention (the reference code's ``VirtualGrid``): the grid is a lattice of G nodes per axis with
 node i at ``lower + i * (upper - lower) / (G - 1)``, so node 0 sits on ``lower`` and node G - 1 on
 ``upper``; this is the lattice that ``grid_sample(..., align_corners=True)`` interpolates. A point is
 scattered to node ``floor((p - lower) * (G - 1) / (upper - lower))`` (clamped to [0, G - 1]).
+
+Decoder conventions (:data:`DECODER_CONVENTIONS`, ``SemAbsConfig.decoder_convention``). The paper says
+"max" (App. 6.2), but the released code (real-stanford/semantic-abstraction, ``net.py``) differs from it
+and from our networks in four ways, all of which change the logits:
+
+============================  ===========================================  =====================================
+behaviour                     ``"reference"`` (released code, its models)   ``"ours"`` (our simulator networks)
+============================  ===========================================  =====================================
+point -> node reduction       mean (``VirtualGrid`` defaults to ``"mean"``  max
+                              and ``SemAbs3D`` never passes ``"max"`` on)
+``grid_sample`` coordinates   (x, y, z) unflipped, so a query's x indexes   flipped to (z, y, x): x indexes
+                              the volume's last (z) axis                    the volume's x axis
+fractional node index         clamped to [0, G - 1] (the clamped value is   not clamped (border padding only)
+                              also the coordinate given to the decoder)
+index -> [-1, 1]              divided by G                                  divided by G - 1
+============================  ===========================================  =====================================
 """
 
 from __future__ import annotations
@@ -22,8 +38,22 @@ import torch.nn.functional as F
 
 from occ_audit_ros.geometry import backproject_depth, transform_points
 
-__all__ = ["Workspace", "relevancy_point_cloud", "sample_points", "grid_indices", "scatter_max_grid",
-           "normalise_queries", "lattice_points", "frustum_mask"]
+__all__ = ["DECODER_CONVENTIONS", "Workspace", "relevancy_point_cloud", "sample_points", "grid_indices",
+           "scatter_max_grid", "scatter_grid", "normalise_queries", "lattice_points", "frustum_mask"]
+
+#: Names of the decoder conventions (see the module docstring).
+DECODER_CONVENTIONS: tuple[str, ...] = ("ours", "reference")
+
+
+def check_convention(convention: str) -> str:
+    """Return ``convention`` when it names a :data:`DECODER_CONVENTIONS` entry.
+
+    Raises:
+        ValueError: for another name.
+    """
+    if convention not in DECODER_CONVENTIONS:
+        raise ValueError(f"unknown decoder convention {convention!r}; expected one of {DECODER_CONVENTIONS}")
+    return convention
 
 
 @dataclass(frozen=True)
@@ -157,36 +187,77 @@ def scatter_max_grid(xyz: torch.Tensor, features: torch.Tensor, workspace: Works
 
     Returns:
         (B, C, G, G, G) float grid, axis order (x, y, z); nodes that receive no point hold 0 (as
-        ``torch_scatter.scatter(..., reduce="max")`` in the reference). Differentiable w.r.t.
-        ``features`` (gradient flows to the maximal point of each node).
+        ``torch_scatter.scatter``). Differentiable w.r.t. ``features`` (gradient flows to the maximal
+        point of each node). The released reference code reduces with a mean instead (see the module
+        docstring and :func:`scatter_grid`).
 
     Raises:
         ValueError: on mismatching shapes.
     """
+    return scatter_grid(xyz, features, workspace, grid, "max")
+
+
+def scatter_grid(xyz: torch.Tensor, features: torch.Tensor, workspace: Workspace, grid: int,
+                 reduce: str = "max") -> torch.Tensor:
+    """Scatter point features into a dense G^3 grid with a max or mean reduction.
+
+    ``"mean"`` is the released reference code's reduction (``torch_scatter.scatter(..., reduce="mean")``:
+    the mean of the points of a node, 0 where no point falls); ``"max"`` is :func:`scatter_max_grid`.
+
+    Args:
+        xyz: (B, N, 3) float points in the workspace frame [m].
+        features: (B, N, C) float per-point features.
+        workspace: bounds; grid: G nodes per axis; reduce: ``"max"`` or ``"mean"``.
+
+    Returns:
+        (B, C, G, G, G) float grid, axis order (x, y, z); empty nodes hold 0. Differentiable w.r.t.
+        ``features``.
+
+    Raises:
+        ValueError: on mismatching shapes or another ``reduce``.
+    """
+    if reduce not in ("max", "mean"):
+        raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
     if xyz.ndim != 3 or xyz.shape[-1] != 3 or features.ndim != 3 or features.shape[:2] != xyz.shape[:2]:
         raise ValueError(f"expected xyz (B, N, 3) and features (B, N, C), got {tuple(xyz.shape)}, {tuple(features.shape)}")
     B, N, C = features.shape
     idx = grid_indices(xyz, workspace, grid)
     flat = (idx[..., 0] * grid + idx[..., 1]) * grid + idx[..., 2]  # (B, N)
     out = features.new_zeros(B, grid ** 3, C)
-    out = out.scatter_reduce(1, flat[..., None].expand(B, N, C), features, reduce="amax", include_self=False)
+    out = out.scatter_reduce(1, flat[..., None].expand(B, N, C), features, reduce="amax" if reduce == "max" else "mean",
+                             include_self=False)
     return out.permute(0, 2, 1).reshape(B, C, grid, grid, grid)
 
 
 def normalise_queries(xyz: torch.Tensor, workspace: Workspace, reference_scaling: bool = False,
-                      grid: int | None = None) -> torch.Tensor:
-    """Workspace points -> ``grid_sample`` coordinates in [-1, 1] (align_corners=True lattice).
+                      grid: int | None = None, convention: str = "ours") -> torch.Tensor:
+    """Workspace points -> ``grid_sample`` coordinates (align_corners=True lattice).
 
     Args:
         xyz: (..., 3) float points [m], axis order (x, y, z).
         workspace: bounds.
-        reference_scaling: reproduce the reference decoder, which divides the fractional node index
-            by G instead of G - 1 (so ``upper`` maps to 1 - 2/G rather than 1); needs ``grid``.
+        reference_scaling: ``"ours"`` convention only: divide the fractional node index by G instead
+            of G - 1 (so ``upper`` maps to 1 - 2/G rather than 1), one of the four behaviours of the
+            ``"reference"`` convention; needs ``grid``.
+        grid: G nodes per axis (needed by ``reference_scaling`` and the ``"reference"`` convention).
+        convention: ``"ours"`` or ``"reference"`` (module docstring): the released code computes the
+            fractional node index ``(p - lower) * (G - 1) / (upper - lower)``, clamps it to [0, G - 1]
+            and maps it with ``2 * index / G - 1`` (``ImplicitVolumetricDecoder``).
 
     Returns:
-        (..., 3) float coordinates, (x, y, z) order, -1 at ``lower`` and +1 at ``upper``.
+        (..., 3) float coordinates, (x, y, z) order. ``"ours"``: -1 at ``lower`` and +1 at ``upper``
+        (unbounded outside); ``"reference"``: in [-1, 1 - 2/G].
+
+    Raises:
+        ValueError: for an unknown convention or a missing ``grid``.
     """
+    check_convention(convention)
     lo, up = workspace.tensors(xyz.device, xyz.dtype)
+    if convention == "reference":
+        if grid is None:
+            raise ValueError("the reference convention needs the grid size")
+        idx = (xyz + (-lo)) * ((grid - 1) / (up - lo))
+        return 2.0 * (idx.clamp(0, grid - 1) / grid) - 1.0
     frac = (xyz - lo) / (up - lo)
     if reference_scaling:
         if grid is None:

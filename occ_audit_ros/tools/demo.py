@@ -7,7 +7,8 @@
    per-camera relevancy overlays;
 4. a summary: voxels per label, latency per stage, where the files are.
 
-    occ_audit_demo [--clip-model random|DIR|HUB_ID] [--output output/demo] [--rate 1.0]
+    occ_audit_demo [--clip-model random|DIR|HUB_ID] [--model relevancy|semabs|ago] [--output output/demo]
+        [--rate 1.0] [--params-file BASE.yaml [--params-file MORE.yaml ...]]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from occ_audit_ros import conventions, paths
 from occ_audit_ros.clip_model import ClipWeightsUnavailable
+from occ_audit_ros.params import MODEL_PARAMS, params_files
 
 OUTPUT_TOPICS = {
     "/" + conventions.SEMANTIC_VOXELS_TOPIC: "occ_audit_ros/msg/SemanticVoxelGrid",
@@ -38,15 +40,19 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         "the pipeline runs for real but its labels are meaningless)")
     p.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
     p.add_argument("--output", type=Path, default=Path("output/demo"), help="output directory")
-    p.add_argument("--params-file", type=Path, default=None, help="perception node YAML (config/perception.yaml)")
+    p.add_argument("--params-file", type=Path, action="append", default=None,
+                   help="perception node YAML, repeatable: loaded in order, later files win "
+                        "(default config/perception.yaml)")
+    p.add_argument("--model", default=None, choices=tuple(MODEL_PARAMS),
+                   help="add config/models/<model>.yaml after the parameter files")
     p.add_argument("--dataroot", type=Path, default=paths.nuscenes_keyframe_dir(), help="nuScenes table root")
     p.add_argument("--annotations", type=Path, default=paths.nuscenes_annotations_pkl(),
                    help="MMDetection3D info pickle with the GT boxes")
     p.add_argument("--rate", type=float, default=1.0, help="replay rate factor")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the node's output")
     p.add_argument("--hidden-query", default=None, metavar="TARGET;RELATION;REFERENCE",
-                   help="after the frame, send this hidden-object query (needs model: semabs in the parameter "
-                        "file, e.g. config/perception_semabs.yaml) and draw its answer")
+                   help="after the frame, send this hidden-object query (needs a model that answers them: "
+                        "--model semabs) and draw its answer")
     return p
 
 
@@ -120,9 +126,13 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     out = args.output.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    params_file = args.params_file or paths.resource("config/perception.yaml")
-    if not Path(params_file).is_file():
-        raise FileNotFoundError(f"parameter file {params_file} not found")
+    base, *more = args.params_file or [None]
+    files = params_files(None, base) + [Path(f) for f in more]
+    if args.model:
+        files += params_files(args.model)[1:]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"parameter file {f} not found")
 
     print(f"[1/4] nuScenes keyframe {args.dataroot} -> ROS 2 bag", flush=True)
     keyframe = load_keyframe(args.dataroot, args.annotations)
@@ -134,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     rclpy.init(args=["--ros-args"])
     nodes = []
     try:
-        node = PerceptionNode(cli_args=["--ros-args", "--params-file", str(params_file),
-                                        "-p", f"clip_model:={args.clip_model}", "-p", f"device:={args.device}"])
+        cli = ["--ros-args"] + [a for f in files for a in ("--params-file", str(f))]
+        node = PerceptionNode(cli_args=cli + ["-p", f"clip_model:={args.clip_model}", "-p", f"device:={args.device}"])
         nodes.append(node)
         record = dict(OUTPUT_TOPICS)
         if args.hidden_query:
@@ -212,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     if answer is not None:
         lines.append(f"hidden-object query '{answer.target} {answer.relation} {answer.reference}': "
                      + (f"NOT ANSWERED: {answer.error}" if answer.error else
-                        f"{len(answer.indices)} voxels with p >= {node.values['semabs.min_probability']}, max p = "
+                        f"{len(answer.indices)} voxels with p >= {answer.min_probability}, max p = "
                         f"{float(answer.probabilities.max()) if len(answer.indices) else 0.0:.3f}; picture {hidden_png}"))
     lines.append(f"BEV picture: {bev}")
     lines.append("relevancy overlays: " + ", ".join(str(p) for p in overlays))

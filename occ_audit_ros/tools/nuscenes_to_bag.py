@@ -1,4 +1,9 @@
-"""Convert a nuScenes keyframe into a ROS 2 bag (rosbag2, MCAP storage) without a ROS install.
+"""Convert a nuScenes keyframe into a ROS 2 bag (rosbag2, MCAP storage) without a running ROS graph.
+
+The messages are built by :mod:`occ_audit_ros.nodes.conversions` (the builders the nodes publish
+with) and serialised by ``rclpy.serialization``; ``rosbags`` writes the MCAP file, taking each
+connection's message definition and type hash from its ROS 2 Kilted typestore. Needs the ROS 2
+Python message packages and rclpy (a ROS 2 install, or the venv of ``scripts/setup_env.sh``).
 
 Usage::
 
@@ -38,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from occ_audit_ros import conventions, paths
-from occ_audit_ros.geometry import matrix_to_quaternion
+from occ_audit_ros.nodes import conversions as cv
 
 __all__ = [
     "BagMessage",
@@ -46,6 +51,10 @@ __all__ = [
     "get_kilted_typestore",
     "keyframe_messages",
     "write_keyframe_bag",
+    "IMAGE_FORMATS",
+    "scene_message_plan",
+    "scene_messages",
+    "write_scene_bag",
     "main",
 ]
 
@@ -90,9 +99,9 @@ class BagMessage:
 
     Attributes:
         topic: ROS topic name.
-        msgtype: ROS 2 type name, e.g. ``"sensor_msgs/msg/Image"``.
+        msgtype: ROS 2 type name of ``msg``, e.g. ``"sensor_msgs/msg/Image"``.
         timestamp_ns: bag receive time, nanoseconds since the epoch (= header stamp).
-        msg: the message object of the typestore.
+        msg: the rclpy message object.
     """
 
     topic: str
@@ -156,160 +165,49 @@ def _qos_profiles():
     }
 
 
-def _stamp(types: dict, timestamp_ns: int):
-    return types["builtin_interfaces/msg/Time"](
-        sec=int(timestamp_ns // 1_000_000_000), nanosec=int(timestamp_ns % 1_000_000_000)
-    )
+def _ros_type_name(msg: Any) -> str:
+    """ROS 2 type name of an rclpy message object, e.g. ``"sensor_msgs/msg/Image"``."""
+    package = type(msg).__module__.split(".")[0]
+    return f"{package}/msg/{type(msg).__name__}"
 
 
-def _header(types: dict, timestamp_ns: int, frame_id: str):
-    return types["std_msgs/msg/Header"](stamp=_stamp(types, timestamp_ns), frame_id=frame_id)
-
-
-def _transform_stamped(types: dict, T: np.ndarray, timestamp_ns: int, parent: str, child: str):
-    w, x, y, z = matrix_to_quaternion(T)
-    return types["geometry_msgs/msg/TransformStamped"](
-        header=_header(types, timestamp_ns, parent),
-        child_frame_id=child,
-        transform=types["geometry_msgs/msg/Transform"](
-            translation=types["geometry_msgs/msg/Vector3"](
-                x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])
-            ),
-            rotation=types["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w),
-        ),
-    )
-
-
-def _image_msg(types: dict, header, data: np.ndarray, encoding: str):
-    """sensor_msgs/Image from an (H, W[, C]) little-endian array."""
-    height, width = data.shape[:2]
-    raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-    return types["sensor_msgs/msg/Image"](
-        header=header,
-        height=height,
-        width=width,
-        encoding=encoding,
-        is_bigendian=0,
-        step=raw.size // height,
-        data=raw,
-    )
-
-
-def _camera_info_msg(types: dict, header, K: np.ndarray, width: int, height: int):
-    P = np.zeros((3, 4), dtype=np.float64)
-    P[:, :3] = K  # monocular, already rectified: P = [K | 0]
-    return types["sensor_msgs/msg/CameraInfo"](
-        header=header,
-        height=height,
-        width=width,
-        distortion_model="plumb_bob",
-        d=np.zeros(5, dtype=np.float64),
-        k=np.asarray(K, dtype=np.float64).reshape(9).copy(),
-        r=np.eye(3, dtype=np.float64).reshape(9),
-        p=P.reshape(12),
-        binning_x=0,
-        binning_y=0,
-        roi=types["sensor_msgs/msg/RegionOfInterest"](
-            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
-        ),
-    )
-
-
-def _pointcloud_msg(types: dict, header, points: np.ndarray):
-    """PointCloud2 from the (N, 5) float32 nuScenes sweep (x, y, z, intensity, ring)."""
+def _pointcloud_msg(points: np.ndarray, stamp_ns: int, frame_id: str):
+    """PointCloud2 (:data:`POINTCLOUD_DTYPE`) from the (N, 5) float32 nuScenes sweep (x, y, z, intensity, ring)."""
     cloud = np.zeros(len(points), dtype=POINTCLOUD_DTYPE)
     for i, name in enumerate(("x", "y", "z", "intensity")):
         cloud[name] = points[:, i]
     cloud["ring"] = points[:, 4].astype(np.uint16)  # rings are exact small integers in the file
-    field_type = types["sensor_msgs/msg/PointField"]
-    fields = [
-        field_type(name=name, offset=POINTCLOUD_DTYPE.fields[name][1], datatype=dt, count=1)
-        for name, dt in (
-            ("x", field_type.FLOAT32),
-            ("y", field_type.FLOAT32),
-            ("z", field_type.FLOAT32),
-            ("intensity", field_type.FLOAT32),
-            ("ring", field_type.UINT16),
-        )
-    ]
-    raw = cloud.view(np.uint8).reshape(-1)
-    return types["sensor_msgs/msg/PointCloud2"](
-        header=header,
-        height=1,
-        width=len(cloud),
-        fields=fields,
-        is_bigendian=False,
-        point_step=POINTCLOUD_DTYPE.itemsize,
-        row_step=POINTCLOUD_DTYPE.itemsize * len(cloud),
-        data=raw,
-        is_dense=bool(np.isfinite(points[:, :3]).all()),
-    )
+    return cv.numpy_to_pointcloud2(cloud, stamp_ns, frame_id, is_dense=bool(np.isfinite(points[:, :3]).all()))
 
 
-def _boxes_msg(types: dict, keyframe, timestamp_ns: int):
-    """MarkerArray with one CUBE per GT box, in base_link at the LiDAR stamp."""
-    marker_type = types["visualization_msgs/msg/Marker"]
-    markers = []
-    for box in keyframe.boxes:
-        w, x, y, z = matrix_to_quaternion(box.rotation)  # exact (slightly tilted) orientation
-        r, g, b = _CATEGORY_COLORS.get(box.category, _DEFAULT_COLOR)
-        markers.append(
-            marker_type(
-                header=_header(types, timestamp_ns, conventions.BASE_FRAME),
-                ns=box.category,
-                id=int(box.index),
-                type=marker_type.CUBE,
-                action=marker_type.ADD,
-                pose=types["geometry_msgs/msg/Pose"](
-                    position=types["geometry_msgs/msg/Point"](
-                        x=float(box.center[0]), y=float(box.center[1]), z=float(box.center[2])
-                    ),
-                    orientation=types["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w),
-                ),
-                scale=types["geometry_msgs/msg/Vector3"](
-                    x=float(box.size[0]), y=float(box.size[1]), z=float(box.size[2])
-                ),
-                color=types["std_msgs/msg/ColorRGBA"](r=r, g=g, b=b, a=0.5),
-                # Zero lifetime = until replaced: the keyframe's boxes stay visible while paused.
-                lifetime=types["builtin_interfaces/msg/Duration"](sec=0, nanosec=0),
-                frame_locked=False,
-                points=[],
-                colors=[],
-                texture_resource="",
-                texture=types["sensor_msgs/msg/CompressedImage"](
-                    header=_header(types, 0, ""), format="", data=np.zeros(0, dtype=np.uint8)
-                ),
-                uv_coordinates=[],
-                text="",
-                mesh_resource="",
-                mesh_file=types["visualization_msgs/msg/MeshFile"](
-                    filename="", data=np.zeros(0, dtype=np.uint8)
-                ),
-                mesh_use_embedded_materials=False,
-            )
-        )
-    return types["visualization_msgs/msg/MarkerArray"](markers=markers)
-
-
-def keyframe_messages(keyframe, typestore=None) -> list[BagMessage]:
+def keyframe_messages(keyframe) -> list[BagMessage]:
     """All messages of a keyframe's bag, in the order they are written.
+
+    The messages are the rclpy message objects of :mod:`occ_audit_ros.nodes.conversions`, the same
+    builders the nodes publish with.
 
     Args:
         keyframe: a :class:`occ_audit_ros.nuscenes_io.Keyframe`.
-        typestore: rosbags typestore (default :func:`get_kilted_typestore`).
 
     Returns:
         Messages sorted by time (ties: ``/clock``, ``/tf_static``, ``/tf``, then the data).
         Depth images are computed here with :func:`nuscenes_io.lidar_depth_for_camera`.
+
+    Raises:
+        ImportError: when ``tf2_msgs`` or ``rosgraph_msgs`` is not importable (a ROS 2 install
+            has both; in a venv ``scripts/build_msgs.py`` builds ``tf2_msgs``).
+        ValueError: on a transform or box rotation that is not a proper rigid transform.
     """
+    from rosgraph_msgs.msg import Clock
+    from tf2_msgs.msg import TFMessage
+
     from occ_audit_ros.nuscenes_io import lidar_depth_for_camera
 
-    types = (typestore or get_kilted_typestore()).types
     us = 1000  # nuScenes stamps are microseconds
     msgs: list[BagMessage] = []
 
-    def add(topic: str, msgtype: str, timestamp_ns: int, msg) -> None:
-        msgs.append(BagMessage(topic, msgtype, int(timestamp_ns), msg))
+    def add(topic: str, timestamp_ns: int, msg) -> None:
+        msgs.append(BagMessage(topic, _ros_type_name(msg), int(timestamp_ns), msg))
 
     lidar = keyframe.lidar
     sensor_stamps = [cam.timestamp_us * us for cam in keyframe.cameras.values()]
@@ -317,46 +215,270 @@ def keyframe_messages(keyframe, typestore=None) -> list[BagMessage]:
     t0 = min(sensor_stamps)
 
     static = [
-        _transform_stamped(types, cam.T_base_cam, t0, conventions.BASE_FRAME, cam.frame_id)
+        cv.matrix_to_transform_stamped(cam.T_base_cam, t0, conventions.BASE_FRAME, cam.frame_id)
         for cam in keyframe.cameras.values()
     ]
-    static.append(
-        _transform_stamped(types, lidar.T_base_lidar, t0, conventions.BASE_FRAME, lidar.frame_id)
-    )
-    add(conventions.TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", t0,
-        types["tf2_msgs/msg/TFMessage"](transforms=static))
+    static.append(cv.matrix_to_transform_stamped(lidar.T_base_lidar, t0, conventions.BASE_FRAME, lidar.frame_id))
+    add(conventions.TF_STATIC_TOPIC, t0, TFMessage(transforms=static))
 
     poses = [(cam.timestamp_us * us, cam.T_map_base) for cam in keyframe.cameras.values()]
     poses.append((lidar.timestamp_us * us, lidar.T_map_base))
     for stamp, T in poses:
-        tf = _transform_stamped(types, T, stamp, conventions.MAP_FRAME, conventions.BASE_FRAME)
-        add(conventions.TF_TOPIC, "tf2_msgs/msg/TFMessage", stamp,
-            types["tf2_msgs/msg/TFMessage"](transforms=[tf]))
+        tf = cv.matrix_to_transform_stamped(T, stamp, conventions.MAP_FRAME, conventions.BASE_FRAME)
+        add(conventions.TF_TOPIC, stamp, TFMessage(transforms=[tf]))
 
     for channel, cam in keyframe.cameras.items():
         stamp = cam.timestamp_us * us
-        header = _header(types, stamp, cam.frame_id)
-        add(conventions.camera_info_topic(channel), "sensor_msgs/msg/CameraInfo", stamp,
-            _camera_info_msg(types, header, cam.K, cam.width, cam.height))
-        add(conventions.image_topic(channel), "sensor_msgs/msg/Image", stamp,
-            _image_msg(types, header, cam.image.astype(np.uint8, copy=False), "rgb8"))
+        add(conventions.camera_info_topic(channel), stamp,
+            cv.camera_info_from_K(cam.K, cam.width, cam.height, stamp, cam.frame_id))
+        add(conventions.image_topic(channel), stamp,
+            cv.numpy_to_image(cam.image.astype(np.uint8, copy=False), "rgb8", stamp, cam.frame_id))
         depth = lidar_depth_for_camera(keyframe, channel).astype("<f4", copy=False)
-        add(conventions.depth_topic(channel), "sensor_msgs/msg/Image", stamp,
-            _image_msg(types, header, depth, "32FC1"))
+        add(conventions.depth_topic(channel), stamp, cv.numpy_to_image(depth, "32FC1", stamp, cam.frame_id))
 
     lidar_stamp = lidar.timestamp_us * us
-    add(conventions.LIDAR_TOPIC, "sensor_msgs/msg/PointCloud2", lidar_stamp,
-        _pointcloud_msg(types, _header(types, lidar_stamp, lidar.frame_id), lidar.points))
-    add(conventions.GT_BOXES_TOPIC, "visualization_msgs/msg/MarkerArray", lidar_stamp,
-        _boxes_msg(types, keyframe, lidar_stamp))
+    add(conventions.LIDAR_TOPIC, lidar_stamp, _pointcloud_msg(lidar.points, lidar_stamp, lidar.frame_id))
+    # Boxes keep their exact (slightly tilted) orientation in base_link; zero marker lifetime keeps
+    # them visible while playback is paused.
+    add(conventions.GT_BOXES_TOPIC, lidar_stamp,
+        cv.boxes_to_markers(keyframe.boxes, lidar_stamp, conventions.BASE_FRAME, _CATEGORY_COLORS, _DEFAULT_COLOR,
+                            alpha=0.5))
 
     for stamp in sorted({m.timestamp_ns for m in msgs}):
-        add(conventions.CLOCK_TOPIC, "rosgraph_msgs/msg/Clock", stamp,
-            types["rosgraph_msgs/msg/Clock"](clock=_stamp(types, stamp)))
+        add(conventions.CLOCK_TOPIC, stamp, Clock(clock=cv.ns_to_stamp(stamp)))
 
     # Stable sort: ties keep the insertion order above after the clock/TF priority.
     msgs.sort(key=lambda m: (m.timestamp_ns, _TOPIC_PRIORITY.get(m.topic, 3)))
     return msgs
+
+
+#: ``--image-format`` choices: ``compressed`` passes the dataset's JPEG bytes through as
+#: ``sensor_msgs/CompressedImage``, ``raw`` decodes them to rgb8 ``sensor_msgs/Image``.
+IMAGE_FORMATS = ("compressed", "raw")
+
+
+def _detection_class(category: str) -> str:
+    """Detection class of a nuScenes category (``vehicle.car`` -> ``car``) for the marker colour."""
+    for key, cls in (("bicycle", "bicycle"), ("motorcycle", "motorcycle"), ("pedestrian", "pedestrian"),
+                     ("trafficcone", "traffic_cone"), ("barrier", "barrier"), ("bus", "bus"),
+                     ("construction", "construction_vehicle"), ("trailer", "trailer"),
+                     ("truck", "truck"), ("car", "car")):
+        if key in category:
+            return cls
+    return category
+
+
+def _scene_box_markers(boxes, stamp_ns: int):
+    """MarkerArray of a sample's boxes in ``map``: a DELETEALL (clears the previous sample's boxes)
+    then one CUBE per box with ``ns`` = instance token (category when the source has no instances),
+    ``id`` = 0 (index without instances) and ``text`` = ``"category attr1,attr2"``."""
+    from visualization_msgs.msg import Marker
+
+    view = [_MarkerBox(b) for b in boxes]
+    array = cv.boxes_to_markers(view, stamp_ns, conventions.MAP_FRAME, _CATEGORY_COLORS, _DEFAULT_COLOR,
+                                alpha=0.5)
+    for marker, box in zip(array.markers, boxes, strict=True):
+        if box.instance_token:
+            marker.ns, marker.id = box.instance_token, 0
+        else:
+            marker.ns, marker.id = box.category, int(box.index)
+        marker.text = box.category + (" " + ",".join(box.attributes) if box.attributes else "")
+    from std_msgs.msg import Header
+
+    clear = Marker(header=Header(stamp=cv.ns_to_stamp(stamp_ns), frame_id=conventions.MAP_FRAME),
+                   action=Marker.DELETEALL)
+    array.markers.insert(0, clear)
+    return array
+
+
+@dataclass
+class _MarkerBox:
+    """Adapter of an :class:`~occ_audit_ros.nuscenes_io.AnnotationBox` for ``boxes_to_markers``."""
+
+    box: Any
+
+    @property
+    def center(self):
+        return self.box.center
+
+    @property
+    def size(self):
+        return self.box.size
+
+    @property
+    def rotation(self):
+        return self.box.rotation
+
+    @property
+    def category(self):
+        return _detection_class(self.box.category)
+
+    @property
+    def index(self):
+        return self.box.index
+
+
+def scene_message_plan(scene, *, image_format: str = "compressed", depth: bool = False,
+                       boxes: dict | None = None) -> list[tuple[int, int, str, Any]]:
+    """What a scene's bag holds, in write order, with each message still to be built.
+
+    Topics (header stamps = ``sample_data`` timestamps, bag time = header stamp):
+
+    * ``/tf_static``: one TFMessage at the first stamp, ``base_link`` -> each sensor frame
+      (``calibrated_sensor``, constant over the scene).
+    * ``/tf``: ``map`` -> ``base_link`` at every record's own stamp (``ego_pose``; one per stamp).
+    * per camera record: ``/<cam>/camera_info``, then ``/<cam>/image_raw/compressed`` (the file's
+      JPEG/PNG bytes, ``format`` ``"jpeg"``/``"png"``) or ``/<cam>/image_raw`` (rgb8), then with
+      ``depth`` ``/<cam>/depth`` (32FC1 from the nearest LiDAR record, NaN = no return).
+    * per LiDAR record: ``/lidar_top/points`` (:data:`POINTCLOUD_DTYPE`).
+    * per sample with boxes: ``/gt/boxes`` in ``map`` at the sample stamp (see
+      :func:`_scene_box_markers`).
+    * ``/clock`` at every distinct stamp, before the data of that stamp.
+
+    Args:
+        scene: :class:`~occ_audit_ros.nuscenes_io.SceneRecords`.
+        image_format: one of :data:`IMAGE_FORMATS`.
+        depth: add the LiDAR-projected depth image per camera record.
+        boxes: sample token -> boxes (default ``scene.boxes``, the ``sample_annotation`` rows).
+
+    Returns:
+        ``(timestamp_ns, priority, topic, build)`` sorted by time then priority; ``build()`` returns
+        the rclpy message (files are read only then).
+
+    Raises:
+        ValueError: unknown ``image_format``.
+    """
+    from rosgraph_msgs.msg import Clock
+    from tf2_msgs.msg import TFMessage
+
+    from occ_audit_ros import nuscenes_io as nio
+
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image format {image_format!r} is not one of {IMAGE_FORMATS}")
+    us = 1000
+    boxes = scene.boxes if boxes is None else boxes
+    plan: list[tuple[int, int, str, Any]] = []
+    t0 = scene.records[0].timestamp_us * us
+    static = [cv.matrix_to_transform_stamped(T, t0, conventions.BASE_FRAME, conventions.sensor_frame(ch))
+              for ch, T in scene.calibration.items()]
+    plan.append((t0, 1, conventions.TF_STATIC_TOPIC, lambda: TFMessage(transforms=static)))
+    lidar_cache: dict[str, np.ndarray] = {}
+
+    def lidar_points(rec):
+        if rec.token not in lidar_cache:
+            lidar_cache.clear()  # records come in time order: keep the last sweep only
+            lidar_cache[rec.token] = nio.read_lidar_points(rec)
+        return lidar_cache[rec.token]
+
+    def compressed(rec, stamp):
+        from sensor_msgs.msg import CompressedImage
+        from std_msgs.msg import Header
+
+        data, fmt = nio.read_image_file(rec)
+        return CompressedImage(header=Header(stamp=cv.ns_to_stamp(stamp), frame_id=rec.frame_id),
+                               format=fmt, data=data)
+
+    def raw(rec, stamp):
+        image = nio.decode_image(rec)
+        if (rec.width, rec.height) != (0, 0) and image.shape[:2] != (rec.height, rec.width):
+            raise ValueError(f"camera image {rec.path} is {image.shape[1]}x{image.shape[0]}, the table "
+                             f"says {rec.width}x{rec.height}")
+        return cv.numpy_to_image(image, "rgb8", stamp, rec.frame_id)
+
+    def depth_image(rec, stamp):
+        lidar = nio.nearest_lidar(scene, rec.timestamp_us)
+        d = nio.lidar_depth_for_record(rec, lidar, lidar_points(lidar)).astype("<f4", copy=False)
+        return cv.numpy_to_image(d, "32FC1", stamp, rec.frame_id)
+
+    def points(rec, stamp):
+        return _pointcloud_msg(lidar_points(rec), stamp, rec.frame_id)
+
+    seen_tf = set()
+    for rec in scene.records:
+        stamp = rec.timestamp_us * us
+        if stamp not in seen_tf:
+            seen_tf.add(stamp)
+            tf = cv.matrix_to_transform_stamped(rec.T_map_base, stamp, conventions.MAP_FRAME, conventions.BASE_FRAME)
+            plan.append((stamp, 2, conventions.TF_TOPIC, lambda tf=tf: TFMessage(transforms=[tf])))
+        if rec.is_camera:
+            if not rec.width or not rec.height:
+                w, h = _image_size(rec)
+                rec.width, rec.height = w, h
+            plan.append((stamp, 3, conventions.camera_info_topic(rec.channel),
+                         lambda r=rec, s=stamp: cv.camera_info_from_K(r.K, r.width, r.height, s, r.frame_id)))
+            if image_format == "compressed":
+                plan.append((stamp, 4, conventions.compressed_image_topic(rec.channel),
+                             lambda r=rec, s=stamp: compressed(r, s)))
+            else:
+                plan.append((stamp, 4, conventions.image_topic(rec.channel), lambda r=rec, s=stamp: raw(r, s)))
+            if depth:
+                plan.append((stamp, 5, conventions.depth_topic(rec.channel),
+                             lambda r=rec, s=stamp: depth_image(r, s)))
+        else:
+            plan.append((stamp, 4, conventions.LIDAR_TOPIC, lambda r=rec, s=stamp: points(r, s)))
+    for token, ts in scene.samples:
+        if boxes.get(token):
+            stamp = ts * us
+            plan.append((stamp, 6, conventions.GT_BOXES_TOPIC,
+                         lambda b=boxes[token], s=stamp: _scene_box_markers(b, s)))
+    for stamp in sorted({item[0] for item in plan}):
+        plan.append((stamp, 0, conventions.CLOCK_TOPIC, lambda s=stamp: Clock(clock=cv.ns_to_stamp(s))))
+    plan.sort(key=lambda item: (item[0], item[1]))  # stable: ties keep the record order
+    return plan
+
+
+def _image_size(rec) -> tuple[int, int]:
+    """(width, height) of a camera record's file from its header (Pillow, no decoding)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(rec.path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"camera image {rec.path} does not open: {exc}") from exc
+
+
+def scene_messages(plan) -> Any:
+    """Build the messages of a :func:`scene_message_plan` one at a time (an iterator of
+    :class:`BagMessage`); each message is built once, when it is written."""
+    for stamp, _, topic, build in plan:
+        msg = build()
+        yield BagMessage(topic, _ros_type_name(msg), int(stamp), msg)
+
+
+def write_scene_bag(scene, output_dir, *, image_format: str = "compressed", depth: bool = False,
+                    boxes: dict | None = None, overwrite: bool = False, compress: bool = True,
+                    progress: bool = False) -> Path:
+    """Write a whole scene (see :func:`scene_message_plan`) as a rosbag2 (MCAP) directory.
+
+    The bag is written into a hidden staging directory beside ``output_dir`` and renamed into
+    place only when complete; on any error nothing is left at ``output_dir``.
+
+    Args:
+        scene: :class:`~occ_audit_ros.nuscenes_io.SceneRecords` (keyframes, or with sweeps).
+        output_dir: bag directory to create.
+        image_format: ``"compressed"`` (JPEG passthrough) or ``"raw"`` (rgb8).
+        depth: add ``/<cam>/depth`` per camera record.
+        boxes: sample token -> boxes; default the scene's ``sample_annotation`` boxes.
+        overwrite: replace an existing bag directory.
+        compress: zstd-compress MCAP chunks.
+        progress: tqdm bar on stderr.
+
+    Returns:
+        The absolute bag directory.
+
+    Raises:
+        FileExistsError: as :func:`write_keyframe_bag`.
+        FileNotFoundError: an image or LiDAR file vanished while writing.
+        ValueError: a file that does not decode, an unknown ``image_format``.
+    """
+    output_dir = Path(output_dir).absolute()
+    _check_output(output_dir, overwrite)
+    plan = scene_message_plan(scene, image_format=image_format, depth=depth, boxes=boxes)
+    custom = {"occ_audit_ros.scene": scene.name, "occ_audit_ros.nuscenes_version": scene.version,
+              "occ_audit_ros.image_format": image_format}
+    return _write_bag(output_dir, scene_messages(plan), custom, overwrite=overwrite, compress=compress,
+                      total=len(plan), progress=progress, desc=scene.name)
 
 
 def _check_output(output_dir: Path, overwrite: bool) -> None:
@@ -391,13 +513,23 @@ def write_keyframe_bag(
         FileExistsError: ``output_dir`` exists and ``overwrite`` is False, or it exists and is not a
             bag directory (not replaced even with ``overwrite``).
     """
+    output_dir = Path(output_dir).absolute()
+    _check_output(output_dir, overwrite)
+    messages = keyframe_messages(keyframe)
+    return _write_bag(output_dir, messages, {"occ_audit_ros.sample_token": keyframe.sample_token},
+                      overwrite=overwrite, compress=compress)
+
+
+def _write_bag(output_dir: Path, messages, custom_data: dict[str, str], *, overwrite: bool,
+               compress: bool, total: int | None = None, progress: bool = False,
+               desc: str = "") -> Path:
+    """Serialise ``messages`` (BagMessage, in write order; any iterable) into a staged bag and
+    rename it into place; nothing is left under ``output_dir`` when anything fails."""
+    from rclpy.serialization import serialize_message
     from rosbags.rosbag2 import Writer
     from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
 
-    output_dir = Path(output_dir).absolute()
-    _check_output(output_dir, overwrite)
     typestore = get_kilted_typestore()
-    messages = keyframe_messages(keyframe, typestore)
     qos = _qos_profiles()
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -405,13 +537,19 @@ def write_keyframe_bag(
     # already has the final name because rosbags names the .mcap file after its directory.
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp",
                                     dir=output_dir.parent))
+    bar = None
     try:
         bag_path = staging / output_dir.name
         writer = Writer(bag_path, version=9, storage_plugin=StoragePlugin.MCAP)
         if compress:
             writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
-        writer.set_custom_data("occ_audit_ros.sample_token", keyframe.sample_token)
+        for key, value in custom_data.items():
+            writer.set_custom_data(key, value)
         writer.set_custom_data("occ_audit_ros.source", "nuScenes (CC BY-NC-SA 4.0)")
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="msg", desc=desc or output_dir.name, file=sys.stderr)
         with writer:
             connections = {}
             for m in messages:
@@ -422,8 +560,11 @@ def write_keyframe_bag(
                         typestore=typestore,
                         offered_qos_profiles=qos.get(m.topic, qos[None]),
                     )
-                data = typestore.serialize_cdr(m.msg, m.msgtype)
+                # CDR of the rclpy message; the connection's msgdef comes from the typestore.
+                data = serialize_message(m.msg)
                 writer.write(connections[m.topic], m.timestamp_ns, data)
+                if bar is not None:
+                    bar.update(1)
         if output_dir.exists() or output_dir.is_symlink():
             _check_output(output_dir, overwrite)  # re-check: it may have appeared meanwhile
             # Move the old bag aside (into staging, deleted below) then rename the new one in.
@@ -431,6 +572,8 @@ def write_keyframe_bag(
             output_dir.rename(staging / ".previous")
         bag_path.rename(output_dir)
     finally:
+        if bar is not None:
+            bar.close()
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
 
@@ -445,48 +588,101 @@ def _bag_summary(bag_dir: Path) -> tuple[list[tuple[str, str, int]], int]:
     return rows, size
 
 
+def _print_summary(bag_dir: Path, title: str, seconds: float) -> None:
+    rows, size = _bag_summary(bag_dir)
+    print(f"wrote {bag_dir} ({title})")
+    width = max(len(topic) for topic, _, _ in rows)
+    for topic, msgtype, count in rows:
+        print(f"  {topic:<{width}}  {count:5d}  {msgtype}")
+    print(f"{sum(c for _, _, c in rows)} messages, {size / 1e6:.1f} MB, {seconds:.1f} s", flush=True)
+
+
 def main(argv=None) -> int:
     """Command-line entry point.
+
+    Without ``--scene`` / ``--all`` one keyframe is converted (``--sample-token``, boxes from the
+    MMDetection3D pickle); with them whole scenes (see :func:`scene_message_plan`): ``--output`` is
+    the bag for a single ``--scene``, else a folder that receives one bag per scene.
 
     Returns:
         0 on success, 1 on a data or output error (message on stderr), 2 on bad arguments.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m occ_audit_ros.tools.nuscenes_to_bag",
-        description="Convert a nuScenes keyframe (+ MMDetection3D GT boxes) to a ROS 2 MCAP bag.",
+        prog="nuscenes_to_bag",
+        description="Convert nuScenes scenes (or one keyframe) to ROS 2 MCAP bags.",
     )
     parser.add_argument("--dataroot", type=Path, default=paths.nuscenes_keyframe_dir(),
-                        help="nuScenes root with v1.0-test/ and samples/ (default: embedded)")
-    parser.add_argument("--annotations", type=Path, default=paths.nuscenes_annotations_pkl(),
-                        help="MMDetection3D info v1.1 pickle with the GT boxes (default: embedded)")
-    parser.add_argument("--output", type=Path, required=True, help="bag directory to create")
-    parser.add_argument("--sample-token", default=None, help="sample to convert (default: first)")
+                        help="nuScenes root with <version>/, samples/ (and sweeps/) (default: embedded)")
+    parser.add_argument("--version", default=None,
+                        help="table folder: v1.0-mini, v1.0-trainval or v1.0-test (default: the only one "
+                             "under --dataroot)")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="bag directory to create (with --all or several --scene: a folder of bags)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--scene", action="append", default=None, metavar="NAME",
+                       help="convert this whole scene (repeatable), e.g. scene-0061")
+    which.add_argument("--all", action="store_true", help="convert every scene of the version")
+    which.add_argument("--sample-token", default=None, help="keyframe mode: this sample (default: first)")
+    parser.add_argument("--sweeps", action="store_true",
+                        help="scenes: every camera (12 Hz) and LiDAR (20 Hz) sweep, not only keyframes")
+    parser.add_argument("--image-format", choices=IMAGE_FORMATS, default="compressed",
+                        help="scenes: JPEG passthrough as CompressedImage (default) or decoded rgb8 Image")
+    parser.add_argument("--depth", action="store_true",
+                        help="scenes: add /<cam>/depth (LiDAR projected into each image)")
+    parser.add_argument("--annotations", type=Path, default=None,
+                        help="MMDetection3D info v1.1 pickle with GT boxes (keyframe mode default: "
+                             "embedded; scenes: instead of the sample_annotation table)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bag")
     parser.add_argument("--no-compression", action="store_true",
                         help="do not zstd-compress MCAP chunks")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    from occ_audit_ros.nuscenes_io import load_keyframe
+    from occ_audit_ros import nuscenes_io as nio
 
-    start = time.perf_counter()
     try:
-        # Fail on an existing output before the (slower) loading.
-        _check_output(args.output.absolute(), args.overwrite)
-        keyframe = load_keyframe(args.dataroot, args.annotations, sample_token=args.sample_token)
-        bag_dir = write_keyframe_bag(
-            keyframe, args.output, overwrite=args.overwrite, compress=not args.no_compression
-        )
+        if not (args.scene or args.all):
+            start = time.perf_counter()
+            # Fail on an existing output before the (slower) loading.
+            _check_output(args.output.absolute(), args.overwrite)
+            annotations = args.annotations or paths.nuscenes_annotations_pkl()
+            version = nio.resolve_version(args.dataroot, args.version or (
+                nio.NUSCENES_VERSION if (args.dataroot / nio.NUSCENES_VERSION).is_dir() else None))
+            keyframe = nio.load_keyframe(args.dataroot, annotations, sample_token=args.sample_token,
+                                         version=version)
+            bag_dir = write_keyframe_bag(
+                keyframe, args.output, overwrite=args.overwrite, compress=not args.no_compression
+            )
+            _print_summary(bag_dir, f"sample {keyframe.sample_token}", time.perf_counter() - start)
+            return 0
+
+        nusc = nio.open_tables(args.dataroot, args.version)
+        names = nio.scene_names(nusc) if args.all else list(dict.fromkeys(args.scene))
+        single = len(names) == 1 and not args.all
+        targets = {n: args.output if single else args.output / n for n in names}
+        # Check every scene and output before writing anything.
+        scenes = {}
+        for name in names:
+            _check_output(targets[name].absolute(), args.overwrite)
+            scenes[name] = nio.load_scene(nusc, name, sweeps=args.sweeps)
+        total_start = time.perf_counter()
+        for name, scene in scenes.items():
+            start = time.perf_counter()
+            boxes = None
+            if args.annotations is not None:
+                boxes = nio.pickle_boxes_for_scene(args.annotations, scene)
+            bag_dir = write_scene_bag(scene, targets[name], image_format=args.image_format, depth=args.depth,
+                                      boxes=boxes, overwrite=args.overwrite, compress=not args.no_compression,
+                                      progress=not args.no_progress)
+            keys = sum(r.is_key_frame for r in scene.records)
+            _print_summary(bag_dir, f"{name}: {len(scene.samples)} samples, {keys} keyframe and "
+                           f"{len(scene.records) - keys} sweep records over {scene.duration_s:.1f} s",
+                           time.perf_counter() - start)
+        if len(scenes) > 1:
+            print(f"{len(scenes)} scenes in {time.perf_counter() - total_start:.1f} s")
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
-    seconds = time.perf_counter() - start
-
-    rows, size = _bag_summary(bag_dir)
-    print(f"wrote {bag_dir} (sample {keyframe.sample_token})")
-    width = max(len(topic) for topic, _, _ in rows)
-    for topic, msgtype, count in rows:
-        print(f"  {topic:<{width}}  {count:3d}  {msgtype}")
-    print(f"{sum(c for _, _, c in rows)} messages, {size / 1e6:.1f} MB, {seconds:.1f} s")
     return 0
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Quaternion, Transform, Vector3
 from rclpy.serialization import deserialize_message, serialize_message
+from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -192,6 +194,33 @@ def test_camera_info_to_K_rejects(k, match):
         cv.camera_info_to_K(camera_info(k))
 
 
+def test_camera_info_from_K_round_trip():
+    K = np.array([[1266.4, 0.5, 816.3], [0.0, 1266.1, 491.5], [0.0, 0.0, 1.0]])
+    info = roundtrip(cv.camera_info_from_K(K, 1600, 900, stamp=77, frame_id="cam_front_optical"))
+    assert (info.width, info.height, info.header.frame_id) == (1600, 900, "cam_front_optical")
+    assert cv.stamp_to_ns(info.header.stamp) == 77
+    np.testing.assert_array_equal(cv.camera_info_to_K(info), K)
+    np.testing.assert_array_equal(np.asarray(info.p).reshape(3, 4), np.c_[K, np.zeros(3)])
+    np.testing.assert_array_equal(np.asarray(info.r).reshape(3, 3), np.eye(3))
+    assert info.distortion_model == "plumb_bob" and list(info.d) == [0.0] * 5
+    assert (info.binning_x, info.binning_y, info.roi.width, info.roi.height) == (0, 0, 0, 0)
+    cv.check_image_matches_info(cv.numpy_to_image(np.zeros((900, 1600, 3), np.uint8), "rgb8"), info)
+
+
+@pytest.mark.parametrize(
+    "K, size, match",
+    [
+        (np.eye(2), (4, 3), "3, 3"),
+        (np.zeros((3, 3)), (4, 3), "fx > 0"),
+        (np.diag([1.0, 1.0, np.nan]), (4, 3), "non-finite"),
+        (np.eye(3), (0, 3), "positive"),
+    ],
+)
+def test_camera_info_from_K_rejects(K, size, match):
+    with pytest.raises(ValueError, match=match):
+        cv.camera_info_from_K(K, *size)
+
+
 def test_check_image_matches_info():
     info = camera_info(K_NUSC, height=4, width=6)
     cv.check_image_matches_info(cv.numpy_to_image(np.zeros((4, 6, 3), np.uint8), "rgb8"), info)
@@ -223,6 +252,38 @@ def test_transform_roundtrip_random_and_half_turns():
         q = [msg.rotation.x, msg.rotation.y, msg.rotation.z, msg.rotation.w]
         assert np.linalg.norm(q) == pytest.approx(1.0)
         np.testing.assert_allclose(cv.transform_to_matrix(roundtrip(msg)), T, atol=1e-12)
+
+
+def test_transform_matches_scipy_on_arbitrary_half_turns():
+    """Half turns about arbitrary axes (w ~ 0, where a hand-written branch would be fragile):
+    the message quaternion is scipy's canonical one and converts back to the same matrix."""
+    axes = np.random.default_rng(8).normal(size=(20, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    for rot in list(Rotation.from_rotvec(np.pi * axes)) + list(Rotation.random(20, random_state=9)):
+        T = np.eye(4)
+        T[:3, :3] = rot.as_matrix()
+        msg = roundtrip(cv.matrix_to_transform(T))
+        q = [msg.rotation.x, msg.rotation.y, msg.rotation.z, msg.rotation.w]
+        assert q[3] >= 0
+        np.testing.assert_allclose(q, rot.as_quat(canonical=True), atol=1e-12)
+        np.testing.assert_allclose(cv.transform_to_matrix(msg), T, atol=1e-12)
+
+
+def test_transform_stamped_and_pose():
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_euler("xyz", [0.1, -0.4, 2.5]).as_matrix()
+    T[:3, 3] = [4.0, -5.0, 0.25]
+    tf = roundtrip(cv.matrix_to_transform_stamped(T, 1_532_402_927_604_844_000, "map", "base_link"))
+    assert (tf.header.frame_id, tf.child_frame_id) == ("map", "base_link")
+    assert cv.stamp_to_ns(tf.header.stamp) == 1_532_402_927_604_844_000
+    np.testing.assert_allclose(cv.transform_to_matrix(tf.transform), T, atol=1e-12)
+    pose = roundtrip(cv.matrix_to_pose(T))
+    assert [pose.position.x, pose.position.y, pose.position.z] == [4.0, -5.0, 0.25]
+    o = pose.orientation
+    assert [o.x, o.y, o.z, o.w] == [tf.transform.rotation.x, tf.transform.rotation.y, tf.transform.rotation.z,
+                                    tf.transform.rotation.w]
+    with pytest.raises(ValueError, match="proper rotation"):
+        cv.matrix_to_pose(np.diag([1.0, 1.0, -1.0, 1.0]))
 
 
 def test_transform_to_matrix_known_yaw():
@@ -341,6 +402,45 @@ def test_pointcloud2_to_numpy_generic_organised_padded_bigendian():
     np.testing.assert_array_equal(out["pair"], pts["pair"].reshape(6, 2))
 
 
+def test_numpy_to_pointcloud2_round_trip_with_padding():
+    # The bag's LiDAR layout: 4 float32 + uint16 ring + 2 bytes of padding (point_step 20).
+    dtype = np.dtype({"names": ["x", "y", "z", "intensity", "ring"], "formats": ["<f4"] * 4 + ["<u2"],
+                      "offsets": [0, 4, 8, 12, 16], "itemsize": 20})
+    rng = np.random.default_rng(10)
+    pts = np.zeros(50, dtype=dtype)
+    for name in ("x", "y", "z", "intensity"):
+        pts[name] = rng.normal(size=50)
+    pts["ring"] = rng.integers(0, 32, size=50)
+    msg = roundtrip(cv.numpy_to_pointcloud2(pts, stamp=9, frame_id="lidar_top"))
+    assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
+        ("x", 0, PointField.FLOAT32, 1), ("y", 4, PointField.FLOAT32, 1), ("z", 8, PointField.FLOAT32, 1),
+        ("intensity", 12, PointField.FLOAT32, 1), ("ring", 16, PointField.UINT16, 1)]
+    assert (msg.height, msg.width, msg.point_step, msg.row_step) == (1, 50, 20, 1000)
+    assert msg.is_dense and not msg.is_bigendian and msg.header.frame_id == "lidar_top"
+    assert bytes(msg.data) == pts.tobytes()
+    out = cv.pointcloud2_to_numpy(msg)
+    for name in dtype.names:
+        np.testing.assert_array_equal(out[name], pts[name])
+    pts["intensity"][3] = np.nan  # is_dense by default: every floating field finite
+    assert not cv.numpy_to_pointcloud2(pts).is_dense
+    assert cv.numpy_to_pointcloud2(pts, is_dense=True).is_dense
+
+
+@pytest.mark.parametrize(
+    "points, match",
+    [
+        (np.zeros(3, dtype=np.float32), "structured"),
+        (np.zeros(3, dtype=[("x", ">f4")]), "little-endian"),
+        (np.zeros(3, dtype=[("x", "<f4", (2,))]), "little-endian scalar"),
+        (np.zeros(3, dtype=[("x", "<i8")]), "cannot express"),
+        (np.zeros((2, 2), dtype=[("x", "<f4")]), "1-D"),
+    ],
+)
+def test_numpy_to_pointcloud2_rejects(points, match):
+    with pytest.raises(ValueError, match=match):
+        cv.numpy_to_pointcloud2(points)
+
+
 def test_pointcloud2_to_numpy_rejects_garbage():
     good = cv.semantic_voxels_to_pointcloud2(make_voxels(m=4))
 
@@ -398,6 +498,33 @@ def test_markers_content():
     assert [m.id for m in legend] == [0, 1, 2, 3]
     assert not [m for m in markers if m.ns == "warning"]
     assert len(markers) == 1 + 3 + 4
+
+
+def test_boxes_to_markers():
+    boxes = [
+        SimpleNamespace(center=np.array([10.0, -2.0, 0.8]), size=np.array([4.5, 1.9, 1.6]), category="car", index=0,
+                        rotation=Rotation.from_euler("zyx", [2.0, 0.01, -0.02]).as_matrix()),
+        SimpleNamespace(center=np.array([3.0, 4.0, 0.9]), size=np.array([0.6, 0.7, 1.8]), category="pedestrian",
+                        index=5, rotation=Rotation.from_rotvec([0.0, 0.0, np.pi]).as_matrix()),
+    ]
+    array_ = roundtrip(cv.boxes_to_markers(boxes, 123, "base_link", {"car": (1.0, 0.5, 0.0)}, (0.6, 0.6, 0.6), 0.5))
+    assert len(array_.markers) == 2
+    for marker, box in zip(array_.markers, boxes, strict=True):
+        assert (marker.type, marker.action) == (Marker.CUBE, Marker.ADD)
+        assert (marker.ns, marker.id, marker.header.frame_id) == (box.category, box.index, "base_link")
+        assert cv.stamp_to_ns(marker.header.stamp) == 123
+        assert marker.lifetime.sec == marker.lifetime.nanosec == 0
+        p, q, sc = marker.pose.position, marker.pose.orientation, marker.scale
+        np.testing.assert_array_equal([p.x, p.y, p.z], box.center)
+        np.testing.assert_array_equal([sc.x, sc.y, sc.z], box.size)
+        assert q.w >= 0
+        np.testing.assert_allclose(Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix(), box.rotation, atol=1e-12)
+    car, ped = array_.markers
+    assert [car.color.r, car.color.g, car.color.b, car.color.a] == [1.0, 0.5, 0.0, 0.5]
+    assert [ped.color.r, ped.color.g, ped.color.b] == pytest.approx([0.6, 0.6, 0.6])
+    boxes[0].rotation = np.diag([1.0, 1.0, -1.0])
+    with pytest.raises(ValueError, match="proper rotation"):
+        cv.boxes_to_markers(boxes, 0, "base_link")
 
 
 def test_markers_random_weights_warning_colors_and_no_legend():

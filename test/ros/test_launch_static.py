@@ -3,7 +3,8 @@ and the in-process launcher running the replay composition for real.
 
 Checked: every executable of this package is a console_scripts entry point and a ROS executable
 script; other packages' nodes are optional (conditional) or exec_depends; every parameter file
-exists and its keys are declared parameters with valid values; inline parameters likewise; every
+exists and its keys (all files merged in order) are parameters the node declares for the model they
+choose (a model's group only with that model) with valid values; inline parameters likewise; every
 remapped topic and every topic the player waits for is one the composition has; every RViz topic is
 published by the composition or the replayed bag.
 """
@@ -20,7 +21,8 @@ from occ_audit_ros import conventions, paths
 from occ_audit_ros.launch_static import LaunchParseError, compose, flatten_params_file, parse_launch_file
 from occ_audit_ros.nodes.bag_player import PLAYER_PARAMETERS
 from occ_audit_ros.nodes.perception_node import input_topics, output_topics
-from occ_audit_ros.params import PARAMS_BY_NAME, QOS_OVERRIDE_PREFIX, qos_override_names, validate
+from occ_audit_ros.params import (MODEL_PARAMS, PARAMS_BY_NAME, QOS_OVERRIDE_PREFIX, node_params, params_files,
+                                  qos_override_names, validate)
 
 ROOT = paths.REPO_ROOT
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
@@ -48,9 +50,14 @@ def package_exec_depends() -> set[str]:
 
 
 def declared_params(node) -> set[str]:
+    """What the node would declare: for perception_node the common parameters and the group of the
+    model its merged parameter files choose (an unknown model: the common ones only)."""
     if node.executable == "perception_node":
-        cameras = [str(c) for c in node_values(node).get("cameras", PARAMS_BY_NAME["cameras"].default)]
-        return set(PARAMS_BY_NAME) | {"use_sim_time"} | set(qos_override_names(input_topics(cameras)))
+        values = node_values(node)
+        cameras = [str(c) for c in values.get("cameras", PARAMS_BY_NAME["cameras"].default)]
+        model = values.get("model", PARAMS_BY_NAME["model"].default)
+        specs = node_params(model) if model in MODEL_PARAMS else node_params("relevancy")
+        return {p.name for p in specs} | {"use_sim_time"} | set(qos_override_names(input_topics(cameras)))
     if node.executable == "bag_player":
         return {p.name for p in PLAYER_PARAMETERS} | {"use_sim_time"}
     raise AssertionError(f"no parameter list for {node.executable}")
@@ -98,12 +105,13 @@ def check_composition(nodes) -> list[str]:
         except (OSError, LaunchParseError, yaml.YAMLError) as err:
             problems.append(f"{where}: {err}")
             continue
-        unknown = sorted(set(values) - declared_params(n))
+        declared = declared_params(n)
+        unknown = sorted(set(values) - declared)
         if unknown:
             problems.append(f"{where}: undeclared parameters {unknown}")
         if n.executable == "perception_node":
             try:
-                validate({k: v for k, v in values.items() if k in PARAMS_BY_NAME})
+                validate({k: v for k, v in values.items() if k in declared and k in PARAMS_BY_NAME})
             except ValueError as err:
                 problems.append(f"{where}: {err}")
         for t in values.get("wait_for_subscribers", []) if n.executable == "bag_player" else []:
@@ -131,7 +139,8 @@ def test_replay_composition_and_arguments():
     by_exe = {n.executable: n for n in nodes}
     assert set(by_exe) == {"perception_node", "bag_player"}  # rviz:=false drops rviz2
     perception = by_exe["perception_node"]
-    assert perception.param_files == [paths.resource("config/perception.yaml")]
+    assert perception.param_files == [paths.resource("config/perception.yaml"),
+                                      paths.resource("config/models/relevancy.yaml")]
     assert perception.params == {"clip_model": "openai/clip-vit-base-patch32", "use_sim_time": True}
     assert by_exe["bag_player"].params["rate"] == 0.0 and isinstance(by_exe["bag_player"].params["rate"], float)
     assert set(by_exe["bag_player"].params["wait_for_subscribers"]) == {conventions.image_topic(c)
@@ -146,7 +155,8 @@ def test_replay_composition_and_arguments():
 
 def test_checker_finds_broken_compositions(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
-    bad_yaml.write_text("perception_node:\n  ros__parameters:\n    labels: []\n    no_such_param: 1\n")
+    bad_yaml.write_text("perception_node:\n  ros__parameters:\n    labels: []\n    no_such_param: 1\n"
+                        "    semabs: {camera: CAM_FRONT}\n")  # model relevancy: semabs.* is not declared
     launch = tmp_path / "bad.launch.py"
     launch.write_text(textwrap.dedent(f'''
         from launch import LaunchDescription
@@ -162,7 +172,7 @@ def test_checker_finds_broken_compositions(tmp_path):
             ])
     '''))
     problems = "\n".join(check_composition(compose(launch)))
-    for expected in ("missing.yaml does not exist", "undeclared parameters ['no_such_param']",
+    for expected in ("missing.yaml does not exist", "undeclared parameters ['no_such_param', 'semabs.camera']",
                      "labels must be a non-empty list", "remaps to /nowhere", "remaps /not_a_topic",
                      "no_such_exe: not a console_scripts entry point", "scripts/ros_executables/no_such_exe",
                      "package some_viewer is neither optional"):
@@ -221,7 +231,7 @@ def test_in_process_launcher_runs_the_replay_composition(keyframe, tmp_path):
         # the parameter file and the launch file's inline parameters both reached the node
         assert node.get_parameter("use_sim_time").value is True
         assert node.get_parameter("relevancy.output_stride").value == 2
-        assert node.pipeline.clip.name == "random-tiny" and len(node.cameras) == 6
+        assert node.backend.clip.name == "random-tiny" and len(node.cameras) == 6
         launch.start()
         assert node.wait_for_frames(1, 180.0), node.counters
         assert node.last_result.voxels.frame_id == "base_link" and len(node.last_result.voxels.indices) > 1000
@@ -231,12 +241,120 @@ def test_in_process_launcher_runs_the_replay_composition(keyframe, tmp_path):
         rclpy.try_shutdown()
 
 
-@pytest.mark.parametrize("name", ["perception.yaml", "perception_semabs.yaml", "perception_ago.yaml"])
-def test_shipped_params_files_validate(name):
-    """Every key of the shipped parameter files is a declared parameter with a valid value."""
-    from occ_audit_ros.launch_static import flatten_params_file
-    from occ_audit_ros.params import validate
+def layered_values(model):
+    """Parameters of ``perception_node`` from the base file and the model's overlay, merged in order."""
+    values = {}
+    for f in params_files(model):
+        values.update(flatten_params_file(f, "perception_node"))
+    return values
 
-    values = flatten_params_file(ROOT / "config" / name, "perception_node")
+
+@pytest.mark.parametrize("model", [None, *MODEL_PARAMS])
+def test_shipped_params_files_validate(model):
+    """Every key of the shipped parameter files (base alone, base + each model's overlay) is a
+    parameter the node declares for that model, with a valid value."""
+    values = layered_values(model)
     checked = validate({k: v for k, v in values.items() if not k.startswith("qos_overrides.")})
-    assert checked["model"] == {"perception.yaml": "relevancy", "perception_semabs.yaml": "semabs"}.get(name, "ago")
+    assert checked["model"] == (model or "relevancy")
+    assert not any(k.startswith(("semabs.", "ago.")) for k in flatten_params_file(paths.resource(
+        "config/perception.yaml"), "perception_node")), "model groups belong in config/models/<model>.yaml"
+    if model is not None:
+        overlay = flatten_params_file(params_files(model)[1], "perception_node")
+        base = flatten_params_file(params_files(None)[0], "perception_node")
+        assert all(base.get(k) != v for k, v in overlay.items() if k != "model"), "overlay repeats the base"
+
+
+#: Flattened ``ros__parameters`` of one full parameter file per model (every value of the base file with
+#: the model's changes written in): what the base file + ``config/models/<model>.yaml`` must reproduce.
+FULL_COPIES = {
+    "semabs": {
+        "clip_model": "openai/clip-vit-base-patch32", "device": "auto", "model": "semabs",
+        "labels": ["car", "truck", "pedestrian", "traffic cone", "barrier", "road", "sidewalk", "building",
+                   "vegetation"],
+        "prompt_template": "a photograph of a {} on a street.", "relevancy.preset": "",
+        "relevancy.tile_fractions": [1.0], "relevancy.stride_fraction": 0.25, "relevancy.flip": False,
+        "relevancy.output_stride": 2, "relevancy.batch_size": 32, "relevancy.autocast": "bfloat16",
+        "cameras": ["CAM_FRONT"], "target_frame": "base_link", "grid.lower": [5.0, -1.0, -0.1],
+        "grid.upper": [7.0, 1.0, 1.9], "grid.voxel_size": 0.0625, "depth.min_m": 1.0, "depth.max_m": 80.0,
+        "semabs.ovssc_checkpoint": "models/semabs/ovssc_sim.safetensors",
+        "semabs.vool_checkpoint": "models/semabs/vool_sim.safetensors", "semabs.camera": "CAM_FRONT",
+        "semabs.workspace_center": [6.0, 0.0, 0.9], "semabs.num_points": 6000, "semabs.min_probability": 0.1,
+        "sync.slop_s": 0.1, "tf.tolerance_s": 0.1, "diagnostics.period_s": 1.0, "publish.markers": True,
+        "publish.points": True, "warn_period_s": 5.0},
+    "ago": {
+        "clip_model": "openai/clip-vit-base-patch32", "device": "auto", "model": "ago",
+        "labels": ["car", "truck", "bus", "pedestrian", "bicycle", "traffic cone", "barrier", "road", "sidewalk",
+                   "building", "vegetation"],
+        "prompt_template": "a photograph of a {} on a street.", "relevancy.preset": "",
+        "relevancy.tile_fractions": [1.0], "relevancy.stride_fraction": 0.25, "relevancy.flip": False,
+        "relevancy.output_stride": 2, "relevancy.batch_size": 32, "relevancy.autocast": "bfloat16",
+        "cameras": ["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT"],
+        "target_frame": "base_link", "grid.lower": [-40.0, -40.0, -1.0], "grid.upper": [40.0, 40.0, 5.4],
+        "grid.voxel_size": 0.4, "depth.min_m": 1.0, "depth.max_m": 80.0,
+        "semabs.ovssc_checkpoint": "models/semabs/ovssc_sim.safetensors",
+        "semabs.vool_checkpoint": "models/semabs/vool_sim.safetensors", "semabs.camera": "CAM_FRONT",
+        "semabs.workspace_center": [6.0, 0.0, 0.9], "semabs.num_points": 6000, "semabs.min_probability": 0.1,
+        "ago.checkpoint": "models/ago/closed_ground_sim", "ago.identifier": "entropy", "sync.slop_s": 0.1,
+        "tf.tolerance_s": 0.1, "input.max_future_s": 30.0, "diagnostics.period_s": 1.0, "publish.markers": True,
+        "publish.points": True, "warn_period_s": 5.0},
+}
+
+
+@pytest.mark.parametrize("model", sorted(FULL_COPIES))
+def test_layered_params_equal_the_former_full_copies(model):
+    """Base + overlay give the node exactly the values the full per-model copies gave it; the full
+    copy's parameters of other models (then declared, now not) held only their defaults."""
+    full = FULL_COPIES[model]
+    own = {k: v for k, v in full.items() if k not in PARAMS_BY_NAME or k in {p.name for p in node_params(model)}}
+    for name in set(full) - set(own):
+        assert full[name] == PARAMS_BY_NAME[name].default, name
+    assert validate(layered_values(model)) == validate(own)
+
+
+def test_perception_launch_model_argument_layers_the_overlay():
+    launch = ROOT / "launch" / "perception.launch.py"
+    for model in MODEL_PARAMS:
+        (node,) = compose(launch, {"model": model, "clip_model": "random"})
+        assert node.param_files == params_files(model)
+        assert node_values(node)["model"] == model and node.params["clip_model"] == "random"
+        assert check_composition([node]) == []
+    (node,) = compose(launch, {"model": "nerf"})
+    assert any("nerf.yaml does not exist" in p for p in check_composition([node]))
+
+
+def test_model_parameters_map_onto_the_model_configs():
+    from occ_audit_ros.backends import AgoBackendConfig, SemAbsBackendConfig
+    from occ_audit_ros.nodes.backend_params import model_config, pipeline_config
+
+    semabs = model_config("semabs", layered_values("semabs"))
+    assert semabs == SemAbsBackendConfig(workspace_center=(6.0, 0.0, 0.9), num_points=6000, min_probability=0.1)
+    ago = model_config("ago", {**layered_values("ago"), "ago.identifier": "none"})
+    assert ago == AgoBackendConfig("models/ago/closed_ground_sim", identifier="none")
+    assert model_config("relevancy", layered_values(None)) is None
+    cfg = pipeline_config(layered_values("semabs"))
+    assert cfg.grid.dims == (32, 32, 32) and cfg.labels[0] == "car" and cfg.relevancy.autocast == "bfloat16"
+    with pytest.raises(ValueError, match="belong to model 'semabs'"):
+        pipeline_config({"semabs.camera": "CAM_BACK"})
+
+
+def test_in_process_launcher_layers_the_model_overlay():
+    """launch/perception.launch.py model:=semabs in-process: the node gets base + overlay (rcl loads
+    both --params-file in order) and builds the SemAbs backend on the overlay's workspace grid."""
+    import rclpy
+
+    from occ_audit_ros.backends import HiddenObjectQueries, SemAbsBackend
+    from occ_audit_ros.nodes.launcher import Launch
+
+    rclpy.init(domain_id=1 + os.getpid() % 100)
+    launch = None
+    try:
+        launch = Launch(ROOT / "launch" / "perception.launch.py", {"model": "semabs", "clip_model": "random-tiny"})
+        node = launch.nodes["perception_node"]
+        assert isinstance(node.backend, SemAbsBackend) and isinstance(node.backend, HiddenObjectQueries)
+        assert node.backend.grid.dims == (32, 32, 32) and node.cameras == ["CAM_FRONT"]
+        assert node.get_parameter("relevancy.autocast").value == "bfloat16"  # from the base file
+        assert node.get_parameter("semabs.num_points").value == 6000 and not node.has_parameter("ago.checkpoint")
+    finally:
+        if launch is not None:
+            launch.shutdown()
+        rclpy.try_shutdown()

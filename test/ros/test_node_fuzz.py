@@ -73,7 +73,7 @@ def test_fuzz_node_survives_and_rate_limits(ros, capfd):
         assert not res.successful
     assert not node.set_parameters([Parameter("relevancy.preset", value="no_such_preset")])[0].successful
     assert not node.set_parameters([Parameter("grid.voxel_size", value=0.2)])[0].successful  # restart-only
-    assert node.pipeline.config.labels == ["car", "road", "tree"]
+    assert node.backend.config.labels == ["car", "road", "tree"]
     # Let the worker drain, then a valid frame is answered.
     time.sleep(0.5)
     grid = _valid_until_answered(node, driver, sink, good, 3_000_000_000_000)
@@ -158,7 +158,7 @@ def test_runtime_relevancy_preset_is_validated_and_applied(ros):
     driver.send({"tf_static": good.tf_static})
     assert driver.wait_for_subscribers()
     _valid_until_answered(node, driver, sink, good, 1_000_000_000)
-    before = node.pipeline.extractor
+    before = node.backend.extractor
     assert not node.set_parameters([Parameter("relevancy.preset", value="no_such_preset")])[0].successful
     presets = relevancy_presets()
     if not presets:  # occ_audit_ros.relevancy offers no presets yet: any name is refused
@@ -170,9 +170,9 @@ def test_runtime_relevancy_preset_is_validated_and_applied(ros):
     from occ_audit_ros import relevancy
 
     expected = relevancy.PRESETS[name]
-    assert node.pipeline.extractor is not before
-    assert tuple(node.pipeline.config.relevancy.tile_fractions) == tuple(expected.tile_fractions)
+    assert node.backend.extractor is not before
+    assert tuple(node.backend.config.relevancy.tile_fractions) == tuple(expected.tile_fractions)
     # back to the relevancy.* parameters
     assert node.set_parameters([Parameter("relevancy.preset", value="")])[0].successful
     _valid_until_answered(node, driver, sink, good, 3_000_000_000)
-    assert tuple(node.pipeline.config.relevancy.tile_fractions) == (1.0,)
+    assert tuple(node.backend.config.relevancy.tile_fractions) == (1.0,)

@@ -20,6 +20,7 @@ from occ_audit_ros.nodes.bag_player import BagPlayer
 from occ_audit_ros.nodes.conversions import msg_to_semantic_voxels, pointcloud2_to_numpy, stamp_to_ns
 from occ_audit_ros.nodes.perception_node import PerceptionNode
 from occ_audit_ros.nuscenes_io import lidar_depth_for_camera
+from occ_audit_ros.params import AGO_PARAMS, SEMABS_PARAMS
 from occ_audit_ros.tools.nuscenes_to_bag import write_keyframe_bag
 
 LABELS = ["car", "road", "building", "tree"]
@@ -87,6 +88,9 @@ def test_semabs_node_ovssc_and_hidden_object_query(ros, keyframe_bag, keyframe):
     from occ_audit_ros.semabs.inference import SemAbsPredictor
 
     node = ros(_semabs_node())
+    # only the chosen model's group is declared
+    assert all(node.has_parameter(p.name) for p in SEMABS_PARAMS)
+    assert not any(node.has_parameter(p.name) for p in AGO_PARAMS)
     sink = ros(Sink())
     _play(ros, keyframe_bag, node, ["CAM_FRONT"])
     assert sink.wait("grid", 1)
@@ -177,6 +181,8 @@ def test_ago_node_equals_the_predictor(ros, keyframe_bag, keyframe, ago_checkpoi
               "diagnostics.period_s": 0.0}
     node = ros(PerceptionNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
     assert node.clip is None  # AGO brings its own encoders; no CLIP is loaded
+    assert all(node.has_parameter(p.name) for p in AGO_PARAMS)
+    assert not any(node.has_parameter(p.name) for p in SEMABS_PARAMS)
     sink = ros(Sink())
     _play(ros, keyframe_bag, node, node.cameras)
     assert sink.wait("grid", 1)

@@ -56,13 +56,13 @@ def test_queue_of_one_drops_frames_while_the_worker_is_busy(ros):
     good = synthetic_frame()
     driver.send({"tf_static": good.tf_static})
     assert driver.wait_for_subscribers()
-    process = node.pipeline.process
+    process = node.backend.process
 
     def slow_process(cameras):
         time.sleep(0.3)
         return process(cameras)
 
-    node.pipeline.process = slow_process
+    node.backend.process = slow_process
     for i in range(12):
         driver.send_frame(good.restamped(1_000_000_000 + i * 100_000_000))
         time.sleep(0.03)

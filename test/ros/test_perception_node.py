@@ -206,3 +206,20 @@ def test_bag_without_a_camera_is_named_in_a_warning(ros, keyframe_bag, capfd):
     assert "no message yet on 3 of 18 input topics" in err
     assert "/cam_front/image_raw" in err and "/cam_front/depth" in err
     assert node.counters["processed"] == 0 and node.counters["received_sets"] == 0
+
+
+def test_model_parameters_are_declared_only_with_their_model(ros, capfd):
+    """model relevancy: no semabs.* / ago.* parameter exists on the node (ROS lists only the common
+    ones); a model parameter given anyway is named in a warning and cannot be set."""
+    from rclpy.exceptions import ParameterNotDeclaredException
+
+    from occ_audit_ros.params import COMMON_PARAMS, MODEL_PARAMS
+
+    node = ros(make_node(**{"semabs.camera": "CAM_BACK"}))
+    listed = set(node.list_parameters([], 0).names)
+    assert {p.name for p in COMMON_PARAMS} <= listed
+    assert not any(node.has_parameter(p.name) for group in MODEL_PARAMS.values() for p in group)
+    assert not any(n.startswith(("semabs.", "ago.")) for n in listed)
+    assert "ignoring ['semabs.camera']: parameters of model 'semabs', but model is 'relevancy'" in capfd.readouterr().err
+    with pytest.raises(ParameterNotDeclaredException):
+        node.set_parameters([Parameter("semabs.min_probability", value=0.5)])

@@ -137,3 +137,18 @@ def test_linear_head_oracle_align_and_samples_file(tmp_path):
     cfg3 = _cfg(tmp_path / "wall", ["optim.steps=50", "optim.max_wall_s=1e-9", f"data.samples_file={f}", "noise.count=4"])
     r3 = train_ago.train(cfg3, progress=False)
     assert r3["stopped_early"] and r3["step"] == 0 and latest_checkpoint(tmp_path / "wall").name == "ckpt-000000"
+
+
+def test_random_text_control_and_fixed_temperature(tmp_path):
+    """The diagnostic text encoder is deterministic, unit-norm and structure-free; a fixed
+    temperature leaves the head's scale out of the optimiser."""
+    enc = train_ago.RandomTextEncoder(64)
+    e = enc.encode(["car", "car", "sidewalk", "terrain"])
+    assert e.shape == (4, 64) and torch.allclose(e.norm(dim=1), torch.ones(4))
+    assert torch.equal(e[0], e[1]) and abs(float(e[2] @ e[3])) < 0.5
+    with pytest.raises(ValueError):
+        enc.encode([""])
+    cfg = _cfg(tmp_path, ["text_encoder=random", "model.learn_logit_scale=false", "random_text_dim=48"])
+    _, text, _, bank, _, _, _, model = train_ago.build_everything(cfg)
+    assert text.name == "random-unit:48" and bank.emb.shape[1] == 48 and text.cache_file is None
+    assert not model.head.log_scale.requires_grad and abs(float(model.head.log_scale.exp()) - 1 / 0.07) < 1e-3

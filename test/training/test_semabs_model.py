@@ -193,3 +193,32 @@ def test_relevancy_skip_is_an_ovssc_decoder_input():
         net.decode(vol, q)
     with pytest.raises(ValueError, match="skip features given"):
         SemAbsOVSSC(SemAbsConfig(**SMALL)).decode(vol, q, torch.zeros(1, 2, 2))
+
+
+def test_reference_convention_samples_unflipped_coordinates():
+    """With ``decoder_convention="reference"`` a query's x indexes the volume's last axis (as the released
+    code), and the concatenated coordinate is the clamped one."""
+    ws = Workspace((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    G = 4
+    vol = torch.zeros(1, 1, G, G, G)
+    vol[0, 0, 0, 0, 3] = 1.0   # volume index (x=0, y=0, z=3)
+    q = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])  # (1, 0, 0) and (0, 0, 1) [m]
+    ref = sample_grid(vol, q, ws, concat_xyz=True, convention="reference")
+    ours = sample_grid(vol, q, ws, concat_xyz=True)
+    # ours: (0, 0, 1) m hits node (0, 0, 3); reference: (1, 0, 0) m -> index 3 on x -> reads vol[..., 3]
+    # at 3 / G of the way, i.e. between nodes 2 and 3 of the last axis
+    assert ours[0, 1, 0] == 1.0 and ours[0, 0, 0] == 0.0
+    assert ref[0, 1, 0] == 0.0 and 0.0 < ref[0, 0, 0] < 1.0
+    torch.testing.assert_close(ref[0, 0, 1:], torch.tensor([2 * 3 / 4 - 1, -1.0, -1.0]))
+
+
+def test_decoder_convention_config():
+    from occ_audit_ros.semabs.model import SemAbsConfig
+
+    cfg = SemAbsConfig(grid=8, unet_levels=2, decoder_convention="reference")
+    assert cfg.reference_query_scaling is True
+    assert SemAbsConfig.from_dict(cfg.to_dict()) == cfg
+    legacy = {k: v for k, v in SemAbsConfig(grid=8, unet_levels=2).to_dict().items() if k != "decoder_convention"}
+    assert SemAbsConfig.from_dict(legacy).decoder_convention == "ours"   # checkpoints written before the option
+    with pytest.raises(ValueError, match="decoder convention"):
+        SemAbsConfig(decoder_convention="released")

@@ -28,6 +28,9 @@ def test_shipped_checkpoint_reproduces_card(task, small_split):
     assert path.stat().st_size <= 20 * 2 ** 20
     model, got_task, cfg, _, card = load_checkpoint(path)
     assert got_task == task and card["task"] == task
+    # trained with our decoder convention, stated in the config and the card (imported released
+    # checkpoints use "reference")
+    assert cfg.decoder_convention == "ours" and card["decoder_convention"] == "ours"
     for key in ("cutoff", "steps", "train_seed", "small_split", "data", "command"):
         assert key in card, key
     iou = small_split_iou(model, task, card["cutoff"], small_split, card["small_split"]["num_input_points"])

@@ -9,6 +9,7 @@ import pickle
 import numpy as np
 import pytest
 from pyquaternion import Quaternion
+from scipy.spatial.transform import Rotation
 from shapely.geometry import MultiPoint
 from shapely.geometry import box as shapely_box
 
@@ -18,8 +19,10 @@ from occ_audit_ros.geometry import (
     box_corners,
     invert_transform,
     make_transform,
+    matrix_to_pose_xyzw,
     matrix_to_quaternion,
     points_to_depth_image,
+    pose_xyzw_to_matrix,
     project_points,
     quaternion_to_matrix,
     transform_points,
@@ -49,6 +52,104 @@ def test_quaternion_to_matrix_matches_pyquaternion_and_round_trips():
     np.testing.assert_allclose(quaternion_to_matrix([2.0, 0, 0, 0]), np.eye(3))
     with pytest.raises(ValueError):
         quaternion_to_matrix([1.0, 0.0, 0.0])
+
+
+def _half_turns() -> np.ndarray:
+    """(K, 3, 3) rotations by 180 degrees (w = 0: the sign of the quaternion is ambiguous) about
+    the axes, diagonals and random axes."""
+    axes = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, -1, 1], [1, 1, 1], [-1, 2, 0.5]]
+    axes += list(np.random.default_rng(7).normal(size=(5, 3)))
+    axes = np.asarray(axes, dtype=np.float64)
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    return Rotation.from_rotvec(np.pi * axes).as_matrix()
+
+
+def _canonical_sign(q_xyzw: np.ndarray) -> bool:
+    """w > 0, or w exactly 0 and the first non-zero of x, y, z positive (scipy's canonical form).
+
+    For a half turn computed in floating point, w is usually a round-off residue (~1e-17) rather
+    than 0, so the sign of (x, y, z) follows that residue's sign: only w >= 0 is guaranteed."""
+    x, y, z, w = q_xyzw
+    if w != 0:
+        return w > 0
+    first = next(v for v in (x, y, z) if v != 0)
+    return first > 0
+
+
+def test_pose_xyzw_round_trips_against_scipy_random_and_half_turns():
+    rng = np.random.default_rng(3)
+    rotations = list(Rotation.random(200, random_state=4).as_matrix()) + list(_half_turns())
+    rotations += [np.eye(3), np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])]
+    for R in rotations:
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = R, rng.normal(size=3) * 20
+        t, q = matrix_to_pose_xyzw(T)
+        assert t.dtype == q.dtype == np.float64 and t.shape == (3,) and q.shape == (4,)
+        np.testing.assert_array_equal(t, T[:3, 3])
+        assert np.linalg.norm(q) == pytest.approx(1.0, abs=1e-12)
+        assert _canonical_sign(q), q
+        # Same rotation as scipy's (independent of the sign) and the same canonical quaternion.
+        np.testing.assert_allclose(Rotation.from_quat(q).as_matrix(), R, atol=1e-12)
+        np.testing.assert_allclose(q, Rotation.from_matrix(R).as_quat(canonical=True), atol=1e-12)
+        np.testing.assert_allclose(pose_xyzw_to_matrix(t, q), T, atol=1e-12)
+        # Scalar-first order is the same quaternion with w moved to the front.
+        np.testing.assert_allclose(matrix_to_quaternion(R), np.r_[q[3], q[:3]], atol=1e-12)
+        # Both signs of a quaternion are one rotation.
+        np.testing.assert_allclose(pose_xyzw_to_matrix(t, -q), T, atol=1e-12)
+
+
+def test_pose_xyzw_to_matrix_known_values_and_orders():
+    s = np.sqrt(0.5)
+    # 90 degrees about +z, (x, y, z, w): the child's x axis points along the parent's +y.
+    T = pose_xyzw_to_matrix([1.0, 2.0, 3.0], [0.0, 0.0, s, s])
+    np.testing.assert_allclose(T @ [1, 0, 0, 1], [1, 3, 3, 1], atol=1e-12)
+    # The same rotation given scalar first to make_transform.
+    np.testing.assert_allclose(make_transform([1.0, 2.0, 3.0], [s, 0.0, 0.0, s]), T, atol=1e-12)
+    # Half turn about x: (1, 0, 0, 0) in (x, y, z, w), canonical (x > 0 when w == 0).
+    t, q = matrix_to_pose_xyzw(np.diag([1.0, -1.0, -1.0, 1.0]))
+    np.testing.assert_allclose(q, [1.0, 0.0, 0.0, 0.0], atol=1e-15)
+    # Round-off in the norm is renormalised.
+    np.testing.assert_allclose(pose_xyzw_to_matrix([0, 0, 0], [0, 0, 0, 1 + 1e-5]), np.eye(4), atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "translation, quat, match",
+    [
+        ([0, 0, 0], [0, 0, 0, 0], "norm"),
+        ([0, 0, 0], [0, 0, 0, 2], "norm"),
+        ([0, 0, 0], [0.1, 0, 0, 1], "norm"),
+        ([0, 0, 0], [np.nan, 0, 0, 1], "non-finite"),
+        ([np.inf, 0, 0], [0, 0, 0, 1], "non-finite"),
+        ([0, 0], [0, 0, 0, 1], "translation"),
+        ([0, 0, 0], [0, 0, 1], "quaternion"),
+    ],
+)
+def test_pose_xyzw_to_matrix_rejects(translation, quat, match):
+    with pytest.raises(ValueError, match=match):
+        pose_xyzw_to_matrix(translation, quat)
+
+
+@pytest.mark.parametrize(
+    "matrix, match",
+    [
+        (np.eye(3), "4, 4"),
+        (np.diag([1.0, 1.0, 1.0, 2.0]), "last row"),
+        (np.diag([2.0, 1.0, 1.0, 1.0]), "proper rotation"),
+        (np.diag([1.0, 1.0, -1.0, 1.0]), "proper rotation"),  # reflection, det -1
+        (np.full((4, 4), np.nan), "non-finite"),
+    ],
+)
+def test_matrix_to_pose_xyzw_rejects(matrix, match):
+    with pytest.raises(ValueError, match=match):
+        matrix_to_pose_xyzw(matrix)
+
+
+def test_matrix_to_quaternion_half_turns_sign_convention():
+    for R in _half_turns():
+        q = matrix_to_quaternion(R)  # (w, x, y, z)
+        assert 0 <= q[0] < 1e-12 and _canonical_sign(np.r_[q[1:], q[0]])
+        np.testing.assert_allclose(quaternion_to_matrix(q), R, atol=1e-12)
+        np.testing.assert_allclose(quaternion_to_matrix(-q), R, atol=1e-12)
 
 
 def test_make_invert_and_transform_points():

@@ -115,3 +115,33 @@ def test_frustum_mask():
     T = _camera_looking_along_x()
     pts = np.array([[0.0, 0.0, 1.0], [-2.0, 0.0, 1.0], [0.0, 5.0, 1.0]])  # ahead, behind, far to the side
     np.testing.assert_array_equal(frustum_mask(pts, K, T, (20, 20)), [True, False, False])
+
+
+def test_mean_scatter_and_reference_normalisation():
+    """The released code's conventions: mean over a node's points; node index clamped, divided by G."""
+    from occ_audit_ros.semabs.pointcloud import DECODER_CONVENTIONS, scatter_grid
+
+    ws = Workspace((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    G = 5
+    xyz = torch.tensor([[[0.0, 0.0, 0.0], [0.1, 0.1, 0.1], [1.0, 1.0, 1.0], [0.6, 0.3, 0.9]]])
+    feats = torch.tensor([[[1.0], [3.0], [-2.0], [5.0]]])
+    mean = scatter_grid(xyz, feats, ws, G, "mean")
+    mx = scatter_grid(xyz, feats, ws, G, "max")
+    assert mean[0, 0, 0, 0, 0] == 2.0 and mx[0, 0, 0, 0, 0] == 3.0
+    assert mean[0, 0, 4, 4, 4] == -2.0 and mean[0, 0, 2, 1, 3] == 5.0
+    assert int((mean != 0).sum()) == 3
+    torch.testing.assert_close(mx, scatter_max_grid(xyz, feats, ws, G))
+    with pytest.raises(ValueError, match="reduce"):
+        scatter_grid(xyz, feats, ws, G, "sum")
+    q = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [2.0, -1.0, 0.5]])
+    ref = normalise_queries(q, ws, grid=G, convention="reference").numpy()
+    np.testing.assert_allclose(ref[0], -1.0)
+    np.testing.assert_allclose(ref[1], 2 * 4 / 5 - 1, atol=1e-6)
+    np.testing.assert_allclose(ref[2], [2 * 4 / 5 - 1, -1.0, 2 * 2 / 5 - 1], atol=1e-6)  # clamped
+    ours = normalise_queries(q, ws).numpy()
+    np.testing.assert_allclose(ours[2], [3.0, -3.0, 0.0], atol=1e-6)  # not clamped
+    assert DECODER_CONVENTIONS == ("ours", "reference")
+    with pytest.raises(ValueError, match="decoder convention"):
+        normalise_queries(q, ws, grid=G, convention="upstream")
+    with pytest.raises(ValueError, match="grid size"):
+        normalise_queries(q, ws, convention="reference")

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from occ_audit_ros.geometry import make_transform
+from scipy.spatial.transform import Rotation
+
+from occ_audit_ros.geometry import make_transform, matrix_to_pose_xyzw, pose_xyzw_to_matrix
 from occ_audit_ros.sync import ApproximateSynchronizer
 from occ_audit_ros.tf_buffer import TransformBuffer, TransformUnavailable
 
@@ -27,6 +29,28 @@ def test_chain_static_and_dynamic():
     with pytest.raises(ValueError):
         tf.set_transform("a", "b", np.full((4, 4), np.nan), 0, static=True)
     assert tf.frames() == {"map", "base_link", "cam_front_optical"}
+
+
+def test_chain_of_ros_order_quaternions_matches_scipy_composition():
+    """TF edges given as ROS (x, y, z, w) quaternions, incl. a half turn: the looked-up chain is
+    scipy's composition of the rotations, and it converts back to the composed quaternion."""
+    rng = np.random.default_rng(5)
+    rotations = list(Rotation.random(3, random_state=6)) + [Rotation.from_rotvec([0.0, np.pi, 0.0])]
+    frames = ["map", "odom", "base_link", "lidar_top", "cam_optical"]
+    translations = rng.normal(size=(4, 3))
+    tf = TransformBuffer()
+    for parent, child, rot, t in zip(frames[:-1], frames[1:], rotations, translations):
+        tf.set_transform(parent, child, pose_xyzw_to_matrix(t, rot.as_quat()), 0, static=True)
+    composed = rotations[0] * rotations[1] * rotations[2] * rotations[3]
+    expected_t = np.zeros(3)
+    for rot, t in zip(reversed(rotations), reversed(translations)):  # p_parent = R p_child + t
+        expected_t = rot.apply(expected_t) + t
+    T = tf.lookup("map", "cam_optical")
+    np.testing.assert_allclose(T[:3, :3], composed.as_matrix(), atol=1e-12)
+    np.testing.assert_allclose(T[:3, 3], expected_t, atol=1e-12)
+    t, q = matrix_to_pose_xyzw(T)
+    assert q[3] >= 0
+    np.testing.assert_allclose(q, composed.as_quat(canonical=True), atol=1e-12)
 
 
 def test_sync_matches_within_slop_and_drops_old():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from occ_audit_ros import viz
+from occ_audit_ros import palette, viz
 from occ_audit_ros.voxel_grid import SemanticVoxels, VoxelGridSpec
 
 SPEC = VoxelGridSpec(lower=(-20.0, -20.0, -2.0), upper=(20.0, 20.0, 4.0), voxel_size=0.5)
@@ -65,6 +65,27 @@ def label_rgb(label: int) -> np.ndarray:
 def read_png(path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def test_palette_table_is_matplotlibs_tab20_family():
+    """The fixed table (no matplotlib at run time) equals matplotlib's own tab20 (saturated half
+    first), tab20b and tab20c colours, exactly."""
+    import matplotlib
+
+    tab20 = np.asarray(matplotlib.colormaps["tab20"].colors)[:, :3]
+    expected = np.concatenate([tab20[0::2], tab20[1::2]] + [
+        np.asarray(matplotlib.colormaps[name].colors)[:, :3] for name in ("tab20b", "tab20c")])
+    np.testing.assert_array_equal(palette.label_palette(60), expected)
+    assert viz.label_palette is palette.label_palette and viz.RANDOM_WEIGHTS_BANNER == palette.RANDOM_WEIGHTS_BANNER
+
+
+def test_palette_beyond_the_table_is_distinct_and_prefix_stable():
+    p200 = palette.label_palette(200)
+    assert p200.shape == (200, 3) and p200.dtype == np.float64 and np.all((p200 >= 0) & (p200 <= 1))
+    assert len({tuple(np.round(c, 6)) for c in p200}) == 200
+    np.testing.assert_array_equal(palette.label_palette(61), p200[:61])
+    with pytest.raises(ValueError):
+        palette.label_palette(-1)
 
 
 def test_bev_label_image_takes_highest_voxel():

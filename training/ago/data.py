@@ -226,7 +226,7 @@ def training_vocabulary(cfg: ClassConfig, mode: str) -> tuple[dict, np.ndarray]:
     Args:
         cfg: class config.
         mode: ``"closed"`` — the 17 Occ3D classes (target = Occ3D label, free 17);
-            ``"open_world_pretrain"`` — AGO's pre-training space (ago.md §7): the 3 known classes
+            ``"open_world_pretrain"`` — AGO's pre-training space (AGO §4.1, Table 2): the 3 known classes
             + 2 supercategories (5 categories, free = 5); fully unknown classes are **ignored**
             (no pseudo-labels exist for them; our choice).
 

@@ -71,7 +71,7 @@ def evaluate_dirs(gt_dir, pred_dir, use_camera_mask: bool = True) -> OccConfusio
 
 def rare_classes(gt_dir, cfg) -> list[str]:
     """Object classes whose voxel frequency (inside ``mask_camera``) is below the median object-class
-    frequency over the GT files of ``gt_dir`` (``visa.md`` §2). Freeze the result in the config."""
+    frequency over the GT files of ``gt_dir`` (design choice, docs/visa.md §2). Freeze the result in the config."""
     counts = np.zeros(len(cfg.classes), dtype=np.int64)
     for f in sorted(Path(gt_dir).rglob("*.npz")):
         sem = _load(f, "semantics")

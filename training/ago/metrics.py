@@ -1,13 +1,13 @@
 """Occ3D-nuScenes semantic occupancy metrics from one confusion matrix per split.
 
-Protocol (``benchmarks.md`` §4; Occ3D ``occ_metrics.py`` ``Metric_mIoU``): a (18, 18) confusion
+Protocol (Occ3D README; ``occ_metrics.py`` ``Metric_mIoU``): a (18, 18) confusion
 matrix (rows = GT, columns = prediction, labels 0-16 semantic + 17 free) is summed over **all**
 evaluated frames, counting only voxels inside ``mask_camera``; per class
 ``IoU_c = TP_c / (TP_c + FP_c + FN_c)``; mIoU = mean over classes 0-16 (free is in the matrix, so
 free-vs-object errors count, but not in the mean). A class with an empty union (never in GT nor
 predicted) has IoU NaN and is left out of means (``np.nanmean``, as ``Metric_mIoU``).
 Variants: mIoU* (AGO Table 1: 15 classes, others and other_flat excluded), object / rare-class mIoU
-(``visa.md`` §2), known / unknown / all mIoU of the AGO open-world protocol (AGO Table 2).
+(design choice, docs/visa.md §2), known / unknown / all mIoU of the AGO open-world protocol (AGO Table 2).
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def occ3d_table(matrix: np.ndarray, cfg: ClassConfig) -> Table:
 
 
 def open_world_table(matrix: np.ndarray, cfg: ClassConfig, stage: str) -> Table:
-    """Known / unknown / all mIoU of the AGO open-world protocol (AGO Table 2, ``ago.md`` §7).
+    """Known / unknown / all mIoU of the AGO open-world protocol (AGO §4.1, Table 2; split reconstructed from the published means).
 
     Args:
         matrix: (18, 18) confusion matrix with **fine** Occ3D labels (predictions of a model whose

@@ -1,6 +1,6 @@
 """Occ3D-style GT occupancy of one nuScenes keyframe from its LiDAR sweep and 3D boxes.
 
-Follows the Occ3D label recipe (``benchmarks.md`` §4) on what one real keyframe offers: a voxel with
+Follows the Occ3D label recipe (Occ3D README) on what one real keyframe offers: a voxel with
 a LiDAR return gets that return's class (semantic voting = majority per voxel); voxels traversed by
 a LiDAR ray are free; the rest are unobserved (255). Classes: returns inside a GT box take the box's
 class (the 10 detection classes share Occ3D's names; boxes labelled ``other`` -> ``others``); all

@@ -1,4 +1,4 @@
-"""AGO experiments of issue 7 on the driving simulator: closed world, open world (held-out classes
+"""AGO experiments on the driving simulator: closed world, open world (held-out classes
 queried by name / synonyms vs a closed-set linear head), with / without adapter and identifier;
 several seeds, mean +- std, tables and plots.
 
@@ -13,6 +13,16 @@ Three steps (the middle one runs where the GPU is; the other two here)::
         --steps 1500 --max-wall-s 175 --train-timeout-s 265 --results runs/ago_exp/results.json
     # 3. tables (markdown) + PNG plots; last line RESULT ...
     python training/experiments/ago_sim_experiments.py report --results runs/ago_exp/results.json --img docs/img
+
+Diagnosis (why grounding loses to the linear head; :mod:`training.experiments.cached_study` design,
+work folder of ``visa_sim prepare``): ``diagnose`` trains the :data:`DIAGNOSIS` configurations (linear
+head, grounding head, and grounding with one factor changed: noise prompts off, fixed or larger
+temperature, a structure-free text encoder, an unaligned adapter behind the entropy identifier; open
+world with the held-out classes never labelled) on cached voxel features, ``diagnose-report`` gives
+the tables and learning curves::
+
+    python -m training.experiments.ago_sim_experiments diagnose --work .visa_work --steps 120
+    python -m training.experiments.ago_sim_experiments diagnose-report --results .visa_work/results/ago-cached.jsonl
 
 Variants (``VARIANTS``): ``closed_*`` train on the 17 Occ3D classes, ``ow_*`` on AGO's open-world
 pre-training space (3 known classes + 2 supercategories, the 5 fully unknown classes ignored,
@@ -435,6 +445,214 @@ def _plots(rows, seeds, ccfg, img: Path) -> None:
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------------------------------- diagnose
+#: diagnosis configurations -> (stage-1 vocabulary, stage-2 overrides) on
+#: training/config/ago_train_sim_cached.yaml; ``ground`` is AGO's grounding head as configured, the
+#: others change one factor (temperature, noise prompts, text encoder) or the head
+DIAGNOSIS = {
+    "linear": ("closed", ["model.head=linear", "noise.enabled=false"]),
+    "ground": ("closed", []),
+    "ground_no_noise": ("closed", ["noise.enabled=false"]),
+    "ground_fixed_t14": ("closed", ["model.learn_logit_scale=false"]),
+    "ground_t50": ("closed", ["model.logit_scale_init=50.0"]),
+    "ground_random_text": ("closed", ["text_encoder=random"]),
+    "ground_fix": ("closed", ["noise.enabled=false", "model.logit_scale_init=50.0"]),
+    "ow_linear": ("open_world_pretrain", ["vocabulary=open_world_pretrain", "model.head=linear", "noise.enabled=false"]),
+    "ow_ground": ("open_world_pretrain", ["vocabulary=open_world_pretrain"]),
+    "ow_ground_fix": ("open_world_pretrain", ["vocabulary=open_world_pretrain", "noise.enabled=false",
+                                              "model.logit_scale_init=50.0"]),
+    # an adapter without L_align (ago_train_sim.yaml's setting for the VISA runs) stays at its random
+    # initialisation; the entropy identifier then picks between it and the grounding branch
+    "ground_adapter_entropy": ("closed", ["model.adapter=true"], "entropy"),
+}
+
+
+def _open_world_evaluator(train_counts):
+    """``cached_study.stage2`` evaluator: confusions on the validation samples of the 17 Occ3D classes
+    queried by ``phrases`` / ``names`` / ``synonyms`` (grounding head), or of the linear head's
+    categories mapped to Occ3D (supercategory -> its most frequent member in training)."""
+    import torch
+
+    from training.ago.data import collate
+    from training.ago.metrics import OccConfusion
+    from occ_audit_ros.ago.prompts import TextBank, encode_vocabulary
+
+    ccfg = load_class_config()
+
+    def evaluate(model, trained, val):
+        dev = next(model.parameters()).device
+        linear = getattr(model.head, "linear", None) is not None
+        confs = {}
+        model.eval()
+        with torch.no_grad():
+            if linear:
+                to_occ3d = _linear_to_occ3d(trained["bank"].names, ccfg, train_counts)
+            else:
+                from training import train_ago
+
+                text = train_ago.build_everything(trained["cfg"])[1] if "cfg" in trained else None
+                banks = {}
+                for q in QUERIES:
+                    b = encode_vocabulary(text, query_vocabulary(ccfg, q))
+                    banks[q] = TextBank(b.names, b.emb.to(dev), b.token_cat.to(dev))
+            for smp in val:
+                b = collate([smp])
+                feats = model.net(b["images"], b["geoms"], b["depth"])
+                flat = feats.reshape(-1, feats.shape[-1])
+                gt, mask = smp.semantics.cpu().numpy(), smp.mask_camera.cpu().numpy()
+                if linear:
+                    lab = to_occ3d[model.head(flat)["logits"].argmax(-1).cpu().numpy()]
+                    confs.setdefault("linear/none", OccConfusion()).update(lab.reshape(gt.shape), gt, mask)
+                    continue
+                for q, bank in banks.items():
+                    lab = model.head(flat, bank, None)["logits"].argmax(-1)
+                    confs.setdefault(f"{q}/none", OccConfusion()).update(lab.reshape(gt.shape).cpu().numpy(), gt, mask)
+        model.train()
+        return {"confusions": {k: c.matrix.tolist() for k, c in confs.items()}}
+
+    return evaluate
+
+
+def cmd_diagnose(args) -> int:
+    """Every diagnosis configuration x seed through ``cached_study.stage2`` (stage 1 once per seed and
+    vocabulary); results appended to ``<work>/results/ago-<mode>.jsonl`` (resumable)."""
+    import torch
+
+    from training.ago.data import load_samples_file
+    from training.ago.occ_gt import OCC3D_SPEC
+    from training.experiments import cached_study as cs
+    from training import train_ago
+    from occ_audit_ros.voxel_grid import VoxelGridSpec
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    files = json.loads((work / "files.json").read_text())
+    out_path = Path(args.results or work / "results" / f"ago-{args.mode}.jsonl")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if out_path.is_file():
+        done = {(r["run"], r["seed"]) for r in map(json.loads, out_path.read_text().splitlines()) if r}
+    cfg = train_ago.load_config(files.get("config", cs.CONFIG), files.get("config_overrides", []))
+    spec = VoxelGridSpec(OCC3D_SPEC.lower, OCC3D_SPEC.upper, cfg["data"]["voxel_size"])
+    counts = np.zeros(18, np.int64)
+    for smp in load_samples_file(files["train"], spec):
+        counts += np.bincount(smp.semantics[smp.mask_camera].numpy().ravel(), minlength=256)[:18]
+    ev = _open_world_evaluator(counts)
+    names = [n for n in DIAGNOSIS if not args.only or n in args.only]
+    todo = [(n, s) for s in args.seeds for n in names if (n, s) not in done]
+    if args.worker:  # process i of n takes every n-th run (full mode on one GPU)
+        i, n = map(int, args.worker.split("/"))
+        todo = todo[i::n]
+    t0 = time.time()
+    feats = {}
+    for name, seed in todo:
+        voc, sets, ident = (*DIAGNOSIS[name], None)[:3]
+        if args.mode == "cached" and (voc, seed) not in feats:
+            feats[(voc, seed)] = cs.stage1(work, seed, args.stage1_steps, voc, device=args.device,
+                                           eval_every=args.eval_every)
+        steps = args.steps * (args.long_factor if name in args.long else 1)
+        rec = cs.stage2(work, seed, name + ("_long" if name in args.long else ""), sets, None,
+                        feats.get((voc, seed)), args.mode, steps, args.eval_every, args.device, evaluator=ev,
+                        identifier=ident)
+        rec["run"] = name
+        rec["variant_overrides"] = sets
+        with out_path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"{name} seed {seed}: mIoU {rec.get('miou', float('nan')):.2f} ({rec['total_s']:.0f} s; "
+              f"{time.time() - t0:.0f} s so far)", flush=True)
+    return 0
+
+
+def cmd_diagnose_report(args) -> int:
+    """Closed-world table (mIoU, paired Δ vs the linear head), held-out per-class IoU (open world),
+    learning curves; markdown to stdout and ``--md``; PNGs ``ago_diag_*.png`` under ``--img``."""
+    from scipy import stats
+
+    from training.ago.metrics import open_world_table
+    from training.experiments.cached_study import confusion_record
+
+    rows = [json.loads(ln) for p in args.results for ln in Path(p).read_text().splitlines() if ln.strip()]
+    ccfg = load_class_config()
+    by: dict = {}
+    for r in rows:
+        by.setdefault(r["run"], {})[r["seed"]] = r
+    out = ["### Closed world (validation, 17 classes; grounding queried by its training phrases)", "",
+           "| run | n | mIoU | Δ vs linear (p) | object mIoU | learned s | final grounding loss |", "|---|---|---|---|---|---|---|"]
+    lin = by.get("linear", {})
+    res = {}
+    for name in DIAGNOSIS:
+        if name.startswith("ow_") or name not in by:
+            continue
+        seeds = by[name]
+        v = np.array([seeds[s]["miou"] for s in sorted(seeds)])
+        o = np.array([seeds[s]["object_miou"] for s in sorted(seeds)])
+        common = sorted(set(seeds) & set(lin))
+        d = "—"
+        if name != "linear" and common:
+            a = np.array([lin[s]["miou"] for s in common])
+            b = np.array([seeds[s]["miou"] for s in common])
+            p = float(stats.ttest_rel(b, a).pvalue) if len(common) > 1 and not np.allclose(b - a, (b - a)[0]) else float("nan")
+            d = f"{(b - a).mean():+.2f} ({p:.3f})"
+            res[f"d_{name}"] = float((b - a).mean())
+        sc = [seeds[s]["logit_scale"] for s in sorted(seeds) if seeds[s].get("logit_scale")]
+        gl = [seeds[s]["final_losses"].get("grounding", np.nan) for s in sorted(seeds)]
+        out.append(f"| {name} | {len(v)} | {v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:.2f} | {d} | "
+                   f"{o.mean():.2f} ± {o.std(ddof=1) if len(o) > 1 else 0:.2f} | "
+                   f"{np.mean(sc) if sc else float('nan'):.1f} | {np.mean(gl):.3f} |")
+        res[f"miou_{name}"] = float(v.mean())
+    held = [ccfg.classes[i] for i in ccfg.ow_unknown]
+    out += ["", "### Open world: held-out classes (never labelled in stage 1 or 2), zero-shot IoU % (mean ± std)", "",
+            "| run | query | " + " | ".join(held) + " | held-out > 0 | PT unknown mIoU | ZS known mIoU |",
+            "|---|---|" + "---|" * (len(held) + 3)]
+    for name in ("ow_linear", "ow_ground", "ow_ground_fix"):
+        if name not in by:
+            continue
+        keys = sorted({k for r in by[name].values() for k in r.get("confusions", {})})
+        for key in keys:
+            per, pt, zs = [], [], []
+            for r in by[name].values():
+                m = np.asarray(r["confusions"][key])
+                rec = confusion_record(m)
+                per.append([rec["iou"][h] if rec["iou"][h] is not None else np.nan for h in held])
+                pt.append(open_world_table(m, ccfg, "pretrain").as_dict()["unknown mIoU"])
+                zs.append(open_world_table(m, ccfg, "zeroshot").as_dict()["known mIoU"])
+            per = np.array(per, float)
+            mean = np.nanmean(per, 0)
+            n_pos = int((mean > 0).sum())
+            out.append(f"| {name} | {key} | " + " | ".join(
+                f"{mean[i]:.2f} ± {np.nanstd(per[:, i], ddof=1) if len(per) > 1 else 0:.2f}" for i in range(len(held)))
+                + f" | {n_pos} / {len(held)} | {np.mean(pt):.2f} | {np.mean(zs):.2f} |")
+            res[f"heldout_pos_{name}_{key.split('/')[0]}"] = n_pos
+    text = "\n".join(out)
+    print(text)
+    if args.md:
+        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.md).write_text(text + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img = Path(args.img)
+    img.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(n for n in DIAGNOSIS if not n.startswith("ow_") and n in by):
+        for s, r in sorted(by[name].items()):
+            pts = [(x["step"], x["val_miou"]) for x in r.get("curve", []) if "val_miou" in x]
+            if pts:
+                ax.plot(*zip(*pts), color=colors[i % len(colors)], alpha=0.8, label=name if s == min(by[name]) else None)
+    ax.set_xlabel("stage-2 step")
+    ax.set_ylabel("validation mIoU (%)")
+    ax.set_title("AGO diagnosis: learning curves (one line per seed)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(img / "ago_diag_learning_curves.png", dpi=110)
+    plt.close(fig)
+    print("RESULT " + " ".join(f"{k}={v:.2f}" for k, v in res.items()))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -461,6 +679,26 @@ def main(argv=None) -> int:
     q.add_argument("--results", default="runs/ago_exp/results.json")
     q.add_argument("--img", default="docs/img")
     q.set_defaults(func=cmd_report)
+    g = sub.add_parser("diagnose", help="cached-feature diagnosis: grounding vs linear head, open world")
+    g.add_argument("--work", required=True, help="work folder of training.experiments.cached_study / visa_sim prepare")
+    g.add_argument("--mode", choices=["cached", "full"], default="cached")
+    g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    g.add_argument("--only", nargs="*", default=None, choices=list(DIAGNOSIS))
+    g.add_argument("--steps", type=int, default=300)
+    g.add_argument("--stage1-steps", type=int, default=400)
+    g.add_argument("--long", nargs="*", default=[], help="configurations trained --long-factor x longer")
+    g.add_argument("--long-factor", type=int, default=3)
+    g.add_argument("--eval-every", type=int, default=50)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--threads", type=int, default=1)
+    g.add_argument("--results", default=None)
+    g.add_argument("--worker", default=None, help="i/n: this process's share of the runs")
+    g.set_defaults(func=cmd_diagnose)
+    h = sub.add_parser("diagnose-report")
+    h.add_argument("--results", nargs="+", required=True)
+    h.add_argument("--img", default="docs/img")
+    h.add_argument("--md", default=None)
+    h.set_defaults(func=cmd_diagnose_report)
     args = ap.parse_args(argv)
     return args.func(args)
 

@@ -1,6 +1,6 @@
 """SemAbs on the simulator: trained OVSSC / VOOL vs their baselines, voxel IoU at 32^3 per split.
 
-Protocol (SemAbs Sec. 4, design notes Sec. 6): binary IoU per (view, label) for OVSSC or (view,
+Protocol (SemAbs Sec. 4; the released code's ``eval.py`` / ``summarize.py``): binary IoU per (view, label) for OVSSC or (view,
 description) for VOOL after max-pooling query predictions into 32^3 cells (queries outside the camera
 frustum ignored); one cutoff per method chosen on the validation split (network: the reference sweep of
 logits [-2.5, -0.1]; baselines: 40 quantiles of their scores), then applied unchanged to every test
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--wide", action="store_true",
                     help="sweep network logit cutoffs over [-10, 6] (step --step) instead of the reference [-2.5, -0.1]")
     ap.add_argument("--step", type=float, default=0.25,
-                    help="step of the --wide sweep (0.25 in the runs before session 7; the reference steps 0.1)")
+                    help="step of the --wide sweep (default 0.25; the reference steps 0.1)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available)")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key.sub=value")

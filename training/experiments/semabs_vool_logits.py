@@ -3,8 +3,8 @@
 For each item (view, description) of a split: the largest max-pooled logit of its 32^3 cells, the largest
 logit on its ground-truth cells, its number of ground-truth cells, and the item's IoU at a few cutoffs
 (protocol of ``training/experiments/semabs_sim.py``: queries max-pooled into cells, NaN items skipped). Prints
-medians and mean IoU per relation. Made for session 7's finding that the cutoff sweep's 0.25 step was coarse
-against a band of about two logits. The relevancy is SIMULATED (training.sim.relevancy_sim).
+medians and mean IoU per relation. It shows why the cutoff sweep needs a step finer than 0.25: the
+logits lie in a band about two logits wide. The relevancy is SIMULATED (training.sim.relevancy_sim).
 
 Usage:
     python training/experiments/semabs_vool_logits.py --config training/config/semabs_sim_gpu.yaml \

@@ -1,4 +1,4 @@
-"""Baselines without learning (SemAbs evaluation, issue 6).
+"""Baselines without learning (SemAbs evaluation, paper §4).
 
 * OVSSC: the relevancy cloud itself: a query's score is the largest relevancy of the input points in
   its 32^3 cell (cells with no input point score -inf), thresholded like the network's logits.

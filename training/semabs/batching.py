@@ -1,6 +1,6 @@
 """Training/evaluation batches from SemAbs samples (format: :mod:`.toy` docstring).
 
-OVSSC (design notes Sec. 4): per scene N input points sampled uniformly, K labels (padded with a mask
+OVSSC (paper App. 6.4 and the released code): per scene N input points sampled uniformly, K labels (padded with a mask
 when the scene has fewer), M query points per label drawn uniformly from the valid queries.
 VOOL: per scene Q descriptions (padded with the "[pad]" relation and a mask), M queries per
 description drawn with positives and negatives equally likely (``balance_spatial_sampling``).
@@ -107,7 +107,7 @@ def vool_batch(samples: Sequence[dict], rng: np.random.Generator, num_points: in
     A scene with more than ``descs_per_scene`` descriptions gives a subset drawn without replacement:
     uniformly, or with ``balance_relations=True`` with probability proportional to 1 / (number of the
     scene's descriptions with the same relation), so that every relation present in the scene is about
-    equally likely (the reference code's ``balance_spatial_relations``, on by default there; design notes
+    equally likely (the reference code's ``balance_spatial_relations``, on by default there; paper App. 6.4
     Sec. 4). Queries: positives and negatives equally likely (``balanced``, ``balance_spatial_sampling``).
 
     Returns:

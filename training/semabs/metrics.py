@@ -1,4 +1,4 @@
-"""SemAbs evaluation: voxel IoU at 32^3 with one global logit cutoff (paper Sec. 4; design notes Sec. 6).
+"""SemAbs evaluation: voxel IoU at 32^3 with one global logit cutoff (paper Sec. 4; the released code's ``eval.py``).
 
 Protocol: per (view, label) the query predictions and labels are max-pooled into a 32^3 voxelisation of
 the workspace (ignored queries excluded, voxels without any query ignored); IoU is binary per
@@ -122,7 +122,7 @@ REFERENCE_AGGREGATION = {"novel_class": "label", "novel_synonym": "label"}
 
 
 def reference_mean(values: np.ndarray, names: Sequence[str], rooms: Sequence[int], split: str) -> float:
-    """SemAbs ``summarize.py`` aggregation of per-item IoUs (design notes Sec. 6).
+    """SemAbs ``summarize.py`` aggregation of per-item IoUs (paper Sec. 4).
 
     Args:
         values: (items,) float IoU per (view, label), NaN = undefined (skipped).

@@ -1,6 +1,6 @@
 """Tiny procedural box scenes in the SemAbs sample format, for tests and smoke runs only.
 
-NOT the project's simulator (``training.sim``, issue 5) and not a benchmark: axis-aligned boxes on
+NOT the project's simulator (``training.sim``) and not a benchmark: axis-aligned boxes on
 a floor, seen by a camera from one side; the input cloud is the camera-facing faces (a partial view),
 the "relevancy" of a label is high on its own box's visible points plus Gaussian noise, and the ground
 truth is whole-box occupancy. It exercises the full code path (completion of unseen box parts, VOOL

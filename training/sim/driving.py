@@ -8,6 +8,8 @@ bicycle moving at constant speed along lanes / sidewalks; traffic cones and barr
 ego drives in the right lane. Sensors are the real nuScenes calibration of the embedded keyframe
 (:func:`occ_audit_ros.nuscenes_io.load_keyframe`): six cameras (intrinsics scaled to the configured
 image size) and LIDAR_TOP (32 beams, one sweep per keyframe), all at the sample's timestamp.
+Between keyframes, :func:`simulate_sweep` renders the sensor-only sweeps (12 Hz cameras, 20 Hz
+LiDAR) that the writer adds as non-key ``sample_data`` when the config's ``sweeps.enabled`` is set.
 
 Per keyframe (2 Hz) :func:`simulate_sample` gives camera images, the LiDAR sweep, 3D boxes with
 instance tracks, ``num_lidar_pts`` and nuScenes visibility levels, and Occ3D-style ground truth
@@ -27,11 +29,11 @@ from occ_audit_ros import conventions
 from occ_audit_ros.geometry import invert_transform, make_transform, transform_points
 from training.sim.primitives import Primitive, RayScene, SceneObject, camera_rays
 
-__all__ = ["OCC3D_CLASSES", "FREE", "THINGS", "DrivingWorld", "build_world", "simulate_sample",
+__all__ = ["OCC3D_CLASSES", "FREE", "THINGS", "DrivingWorld", "build_world", "simulate_sample", "simulate_sweep",
            "occ3d_semantics", "thing_parts", "Track",
            "sensor_rig", "voxel_centers", "generate_driving"]
 
-#: Occ3D-nuScenes labels in lidarseg order (benchmarks.md §4); 17 = free.
+#: Occ3D-nuScenes labels in lidarseg order (Occ3D README); 17 = free.
 OCC3D_CLASSES = ("others", "barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle",
                  "pedestrian", "traffic_cone", "trailer", "truck", "driveable_surface",
                  "other_flat", "sidewalk", "terrain", "manmade", "vegetation", "free")
@@ -424,6 +426,59 @@ def occ3d_semantics(scene: RayScene, T_map_base, occ_cfg: dict) -> np.ndarray:
     return label.reshape(dims)
 
 
+def _lidar_scan(scene: RayScene, objects, T_map_lidar: np.ndarray, lc: dict, rng: np.random.Generator):
+    """One LiDAR sweep: beams x azimuths from the sensor origin, ring = beam index (0 = lowest).
+
+    Returns:
+        ``(points, rays)``: (N, 5) float32 x, y, z (lidar frame), class-coded intensity, ring; and
+        ``(origins, dirs, t_hit, instance, hit)`` of all rays in ``map``.
+    """
+    elev = np.radians(np.linspace(*lc["elevation_deg"], int(lc["beams"])))
+    az = np.radians(np.arange(0.0, 360.0, float(lc["azimuth_step_deg"])))
+    E, A = np.meshgrid(elev, az, indexing="ij")
+    d_l = np.stack([np.cos(E) * np.cos(A), np.cos(E) * np.sin(A), np.sin(E)], -1).reshape(-1, 3)
+    ring = np.repeat(np.arange(len(elev)), len(az)).astype(np.float32)
+    d_m = d_l @ T_map_lidar[:3, :3].T
+    o_m = np.broadcast_to(T_map_lidar[:3, 3], d_m.shape)
+    t_l, inst_l, _ = scene.cast(o_m, d_m)
+    hit = np.isfinite(t_l) & (t_l >= lc["min_range"]) & (t_l <= lc["max_range"])
+    pts = d_l[hit] * t_l[hit, None]
+    cls_l = np.array([o.attrs["cls"] for o in objects])[inst_l[hit]]
+    intensity = (40 + 8 * cls_l + rng.integers(0, 8, hit.sum())).astype(np.float32)
+    lidar = np.concatenate([pts.astype(np.float32), intensity[:, None], ring[hit, None]], axis=1)
+    return lidar, (o_m, d_m, t_l, inst_l, hit)
+
+
+def simulate_sweep(world: DrivingWorld, t: float, rig: dict, cfg: dict, rng: np.random.Generator,
+                   channels) -> dict:
+    """Sensor data only (no ground truth) of the given channels at time ``t``: a sweep.
+
+    Args:
+        world: the sequence. t: seconds since the sequence start. rig: :func:`sensor_rig`.
+        cfg: the full driving config. rng: generator for image and intensity noise.
+        channels: camera channels and/or ``"LIDAR_TOP"`` to render.
+
+    Returns:
+        ``T_map_base`` (4, 4); ``images`` {channel: (H, W, 3) uint8} for the cameras asked for;
+        ``lidar`` (N, 5) float32 as in :func:`simulate_sample` when ``LIDAR_TOP`` is asked for.
+    """
+    objects = world.objects(t)
+    scene = RayScene(objects)
+    T_map_base = world.T_map_base(t)
+    r = cfg["render"]
+    light = np.asarray(r["light_dir"], dtype=np.float64)
+    light /= np.linalg.norm(light)
+    out: dict = {"T_map_base": T_map_base, "images": {}}
+    for ch in channels:
+        if ch == conventions.LIDAR_CHANNEL:
+            out["lidar"], _ = _lidar_scan(scene, objects, T_map_base @ rig["T_base_lidar"], cfg["lidar"], rng)
+            continue
+        cam = rig["cameras"][ch]
+        _, inst, normal, _ = scene.render(cam["K"], T_map_base @ cam["T_base_cam"], cam["width"], cam["height"])
+        out["images"][ch] = _shade(objects, inst, normal, light, r["ambient"], r["sky"], r["noise_std"], rng)
+    return out
+
+
 def simulate_sample(world: DrivingWorld, t: float, rig: dict, cfg: dict,
                     rng: np.random.Generator) -> dict:
     """Sensors and ground truth of one keyframe at time ``t``.
@@ -488,23 +543,10 @@ def simulate_sample(world: DrivingWorld, t: float, rig: dict, cfg: dict,
             t_alone, _, _ = singles[int(i)].cast(o[v0:v1, u0:u1], d[v0:v1, u0:u1])
             alone_pixels[i] += int(np.isfinite(t_alone).sum())
     # LiDAR: beams x azimuths from the sensor origin, ring = beam index (0 = lowest).
-    lc = cfg["lidar"]
-    T_map_lidar = T_map_base @ rig["T_base_lidar"]
-    elev = np.radians(np.linspace(*lc["elevation_deg"], int(lc["beams"])))
-    az = np.radians(np.arange(0.0, 360.0, float(lc["azimuth_step_deg"])))
-    E, A = np.meshgrid(elev, az, indexing="ij")
-    d_l = np.stack([np.cos(E) * np.cos(A), np.cos(E) * np.sin(A), np.sin(E)], -1).reshape(-1, 3)
-    ring = np.repeat(np.arange(len(elev)), len(az)).astype(np.float32)
-    d_m = d_l @ T_map_lidar[:3, :3].T
-    o_m = np.broadcast_to(T_map_lidar[:3, 3], d_m.shape)
-    t_l, inst_l, _ = scene.cast(o_m, d_m)
-    hit = np.isfinite(t_l) & (t_l >= lc["min_range"]) & (t_l <= lc["max_range"])
+    lidar, (o_m, d_m, t_l, inst_l, hit) = _lidar_scan(scene, objects, T_map_base @ rig["T_base_lidar"],
+                                                      cfg["lidar"], rng)
     _mark_rays(mask_lidar, o_m.astype(np.float64), d_m, np.where(hit, t_l, np.inf), occ_cfg,
                T_base_map)
-    pts = d_l[hit] * t_l[hit, None]
-    cls_l = np.array([o.attrs["cls"] for o in objects])[inst_l[hit]]
-    intensity = (40 + 8 * cls_l + rng.integers(0, 8, hit.sum())).astype(np.float32)
-    lidar = np.concatenate([pts.astype(np.float32), intensity[:, None], ring[hit, None]], axis=1)
     lidar_counts = np.bincount(inst_l[hit], minlength=len(objects))
     label = occ3d_semantics(scene, T_map_base, occ_cfg)
     boxes = []

@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from occ_audit_ros.geometry import make_transform
+from occ_audit_ros.geometry import make_transform, yaw_to_matrix
 from training.sim.primitives import Primitive, RayScene, SceneObject, look_at
 from training.sim.relations import vool_descriptions
 from training.sim.relevancy_sim import simulate_relevancy
@@ -76,7 +76,7 @@ def class_color(name: str) -> np.ndarray:
 
 def _yaw_T(x, y, z, yaw) -> np.ndarray:
     """(4, 4) pose translated to (x, y, z) and rotated by ``yaw`` about +z."""
-    return make_transform([x, y, z], [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)])
+    return make_transform([x, y, z], yaw_to_matrix(yaw))
 
 
 class _Surface:

@@ -7,6 +7,10 @@ Layout under the output folder ``DIR`` (nuScenes devkit ``NuScenes(version, data
   log, map, scene, sample, sample_data, ego_pose, instance, sample_annotation.
 * ``DIR/samples/<CHANNEL>/sim-<seed>-<scene>__<CHANNEL>__<timestamp>.jpg|.pcd.bin``: keyframe
   images and LiDAR sweeps (float32 x, y, z, intensity, ring in the lidar_top frame).
+* ``DIR/sweeps/<CHANNEL>/...``: with ``sweeps.enabled`` in the config, the non-key ``sample_data``
+  between keyframes (cameras at ``sweeps.camera_hz``, default 12 Hz; LIDAR_TOP at
+  ``sweeps.lidar_hz``, default 20 Hz), each with its own ``ego_pose``, chained by ``prev``/``next``
+  per channel and belonging to the next keyframe's sample.
 * ``DIR/gts/<scene name>/<sample token>/labels.npz``: Occ3D-style ``semantics``, ``mask_lidar``,
   ``mask_camera`` (uint8, ego frame, grid of the config's ``occ3d`` section).
 * ``DIR/sim_infos.pkl``: MMDetection3D "info v1.1" pickle (boxes in the LiDAR frame) so
@@ -30,7 +34,7 @@ from tqdm import tqdm
 
 from occ_audit_ros import conventions, paths
 from occ_audit_ros.geometry import invert_transform, matrix_to_quaternion, transform_points, yaw_to_matrix
-from training.sim.driving import THINGS, build_world, sensor_rig, simulate_sample
+from training.sim.driving import THINGS, build_world, sensor_rig, simulate_sample, simulate_sweep
 from occ_audit_ros.atomic import write_bytes_atomic
 from training.sim.shards import check_dataset_record, scene_rng, token, write_npz
 
@@ -66,7 +70,8 @@ def _attribute(cls: str, speed: float) -> str | None:
 
 
 def _quat_yaw(yaw: float) -> list[float]:
-    return [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+    """nuScenes ``(w, x, y, z)`` quaternion of a heading ``yaw`` [rad] about +z (``w >= 0``)."""
+    return matrix_to_quaternion(yaw_to_matrix(yaw)).tolist()
 
 
 def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
@@ -77,6 +82,33 @@ def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=int(quality))
     write_bytes_atomic(path, buf.getvalue())
+
+
+def _sweep_times(cfg: dict, dt_us: int) -> list[tuple[int, list[str]]]:
+    """Sweep offsets after a keyframe [us] strictly inside the keyframe interval, with the channels
+    firing at each: cameras at ``sweeps.camera_hz`` (12), LIDAR_TOP at ``sweeps.lidar_hz`` (20).
+    Empty unless ``sweeps.enabled``."""
+    sweeps = cfg.get("sweeps") or {}
+    if not sweeps.get("enabled", False):
+        return []
+    times: dict[int, list[str]] = {}
+    for hz, chs in ((float(sweeps.get("camera_hz", 12.0)), list(conventions.CAMERA_CHANNELS)),
+                    (float(sweeps.get("lidar_hz", 20.0)), [conventions.LIDAR_CHANNEL])):
+        m = int(round(dt_us * hz / 1e6))
+        for j in range(1, m):
+            times.setdefault(int(round(j * dt_us / m)), []).extend(chs)
+    return sorted(times.items())
+
+
+def _link_sample_data(sample_data: list[dict], calibrated_sensor: list[dict]) -> None:
+    """Set ``prev`` / ``next`` of each channel's ``sample_data`` chain in timestamp order."""
+    by_calib: dict[str, list[dict]] = {}
+    for sd in sample_data:
+        by_calib.setdefault(sd["calibrated_sensor_token"], []).append(sd)
+    for chain in by_calib.values():
+        chain.sort(key=lambda sd: sd["timestamp"])
+        for a, b in zip(chain, chain[1:]):
+            a["next"], b["prev"] = b["token"], a["token"]
 
 
 def _sequence(cfg: dict, out: Path, idx: int, seed: int, rig: dict, static: dict) -> dict:
@@ -106,41 +138,53 @@ def _sequence(cfg: dict, out: Path, idx: int, seed: int, rig: dict, static: dict
             "rotation": matrix_to_quaternion(T[:3, :3]).tolist(), "camera_intrinsic": K})
     n = int(cfg["samples_per_scene"])
     dt = float(cfg["sample_interval_s"])
+    dt_us = int(round(dt * 1e6))
+    t0_us = _BASE_TIME_US + idx * 100_000_000
     sample_tokens = [tok("sample", k) for k in range(n)]
-    prev_sd = {ch: "" for ch in channels}
+    sweep_times = _sweep_times(cfg, dt_us)
+    sweep_rng = scene_rng(seed, idx, 1)  # sweeps never change the keyframes' bytes
     ann_by_track: dict[int, list[dict]] = {}
     infos = []
+
+    def add_record(ch: str, sd_token: str, sample_token: str, ts: int, T_mb: np.ndarray, key: bool,
+                   image=None, lidar=None) -> None:
+        folder = "samples" if key else "sweeps"
+        if ch == conventions.LIDAR_CHANNEL:
+            fn = f"{folder}/{ch}/{name}__{ch}__{ts}.pcd.bin"
+            write_bytes_atomic(out / fn, lidar.astype(np.float32).tobytes())
+            w = h = 0
+            fmt = "pcd"
+        else:
+            fn = f"{folder}/{ch}/{name}__{ch}__{ts}.jpg"
+            _write_jpeg(out / fn, image, cfg["jpeg_quality"])
+            h, w = image.shape[:2]
+            fmt = "jpg"
+        rows["ego_pose"].append({"token": sd_token, "timestamp": ts,
+                                 "rotation": matrix_to_quaternion(T_mb[:3, :3]).tolist(),
+                                 "translation": T_mb[:3, 3].tolist()})
+        rows["sample_data"].append({
+            "token": sd_token, "sample_token": sample_token, "ego_pose_token": sd_token,
+            "calibrated_sensor_token": calib[ch], "timestamp": ts, "fileformat": fmt,
+            "is_key_frame": key, "height": h, "width": w, "filename": fn, "prev": "", "next": ""})
+
     for k in range(n):
         t = k * dt
-        ts = _BASE_TIME_US + idx * 100_000_000 + int(round(t * 1e6))
+        ts = t0_us + k * dt_us
+        if k:  # sweeps between keyframe k - 1 and k belong to sample k (the next keyframe)
+            for offset_us, chs in sweep_times:
+                sts = t0_us + (k - 1) * dt_us + offset_us
+                sweep = simulate_sweep(world, (sts - t0_us) / 1e6, rig, cfg, sweep_rng, chs)
+                for ch in chs:
+                    add_record(ch, tok("sweep", sts, ch), sample_tokens[k], sts, sweep["T_map_base"], False,
+                               image=sweep["images"].get(ch), lidar=sweep.get("lidar"))
         sim = simulate_sample(world, t, rig, cfg, rng)
         T_mb = sim["T_map_base"]
         rows["sample"].append({"token": sample_tokens[k], "timestamp": ts, "scene_token": scene_token,
                                "prev": sample_tokens[k - 1] if k else "",
                                "next": sample_tokens[k + 1] if k + 1 < n else ""})
         for ch in channels:
-            sd_token = tok("sd", k, ch)
-            if ch == conventions.LIDAR_CHANNEL:
-                fn = f"samples/{ch}/{name}__{ch}__{ts}.pcd.bin"
-                write_bytes_atomic(out / fn, sim["lidar"].astype(np.float32).tobytes())
-                w = h = 0
-                fmt = "pcd"
-            else:
-                fn = f"samples/{ch}/{name}__{ch}__{ts}.jpg"
-                _write_jpeg(out / fn, sim["images"][ch], cfg["jpeg_quality"])
-                h, w = sim["images"][ch].shape[:2]
-                fmt = "jpg"
-            rows["ego_pose"].append({"token": sd_token, "timestamp": ts,
-                                     "rotation": matrix_to_quaternion(T_mb[:3, :3]).tolist(),
-                                     "translation": T_mb[:3, 3].tolist()})
-            sd = {"token": sd_token, "sample_token": sample_tokens[k], "ego_pose_token": sd_token,
-                  "calibrated_sensor_token": calib[ch], "timestamp": ts, "fileformat": fmt,
-                  "is_key_frame": True, "height": h, "width": w, "filename": fn,
-                  "prev": prev_sd[ch], "next": ""}
-            if prev_sd[ch]:
-                rows["sample_data"][-len(channels)]["next"] = sd_token
-            rows["sample_data"].append(sd)
-            prev_sd[ch] = sd_token
+            add_record(ch, tok("sd", k, ch), sample_tokens[k], ts, T_mb, True,
+                       image=sim["images"].get(ch), lidar=sim["lidar"])
         occ_path = out / "gts" / name / sample_tokens[k] / "labels.npz"
         write_npz(occ_path, sim["occ"])
         # Boxes: sample_annotation rows (map frame) and MMDet3D instances (lidar frame).
@@ -179,6 +223,7 @@ def _sequence(cfg: dict, out: Path, idx: int, seed: int, rig: dict, static: dict
                                        "lidar_path": Path(f"{name}__LIDAR_TOP__{ts}.pcd.bin").name},
                       "instances": instances, "scene_name": name,
                       "occ_path": str(occ_path.relative_to(out))})
+    _link_sample_data(rows["sample_data"], rows["calibrated_sensor"])
     for track, anns in sorted(ann_by_track.items()):
         rows["instance"].append({
             "token": tok("instance", track), "category_token": cats[THINGS[anns[0]["category_name_sim"]][0]],

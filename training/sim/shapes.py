@@ -49,8 +49,7 @@ def _T(x=0.0, y=0.0, z=0.0, rx=0.0, ry=0.0, rz=0.0) -> np.ndarray:
     """(4, 4) local transform from a translation and XYZ Euler angles (radians)."""
     from scipy.spatial.transform import Rotation
 
-    q = Rotation.from_euler("xyz", [rx, ry, rz]).as_quat()  # x, y, z, w
-    return make_transform([x, y, z], [q[3], q[0], q[1], q[2]])
+    return make_transform([x, y, z], Rotation.from_euler("xyz", [rx, ry, rz]).as_matrix())
 
 
 def _box(rng, s):

@@ -1,8 +1,8 @@
 """VISA: VLM-guided instance semantic auditing, distilled into occupancy logits (training only).
 
 Xian et al., "VISA: VLM-Guided Instance Semantic Auditing for 3D Occupancy World Models",
-arXiv 2606.13460 (2026); design notes ``shared/design/visa.md`` (every equation and threshold
-used here is a design choice written there, not the paper's code, which is not public).
+arXiv 2606.13460 (2026). Every equation and threshold used here is a design choice (docs/visa.md,
+§1-§8), not the paper's code, which is not public.
 
 ROS-free and training-time only: nothing in this subpackage is imported by the perception
 node, and it adds loss terms on a model's logits without touching the model (see

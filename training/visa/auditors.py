@@ -1,4 +1,4 @@
-"""Auditor interface, the SIMULATED auditor and the CLIP zero-shot auditor (visa.md §1, §4).
+"""Auditor interface, the SIMULATED auditor and the CLIP zero-shot auditor (docs/visa.md §1, §4).
 
 All auditors answer one :class:`AuditRequest` (one crop of one instance) with a normalised
 ``visa-audit/1`` answer (:func:`training.visa.schema.normalise_answer`) or ``None`` when the

@@ -1,4 +1,4 @@
-"""Crop selection per instance over its annotations and cameras (visa.md §3, DC).
+"""Crop selection per instance over its annotations and cameras (docs/visa.md §3, DC).
 
 For every view (one annotation of the instance seen by one camera) the 3D box is clipped to the
 camera's near plane, projected, and its bounding rectangle clipped to the image. Score
@@ -163,7 +163,7 @@ def score_view(view: BoxView) -> CropCandidate | None:
 
 
 def crop_quality(candidate: CropCandidate) -> str:
-    """``clear`` / ``partial`` / ``poor`` of a candidate (visa.md §3)."""
+    """``clear`` / ``partial`` / ``poor`` of a candidate (docs/visa.md §3)."""
     b = candidate.view.visibility_bin
     if b == 1 or candidate.min_side < POOR_SIDE_PX:
         return "poor"

@@ -1,4 +1,4 @@
-"""Offline audit generation: crops -> auditor -> ``visa-audit/1`` JSONL store (visa.md §3, §4, §8).
+"""Offline audit generation: crops -> auditor -> ``visa-audit/1`` JSONL store (docs/visa.md §3, §4, §8).
 
 Run as ``occ_audit_generate_audits`` (or ``python -m training.visa.generate``)::
 

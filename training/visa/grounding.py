@@ -1,4 +1,4 @@
-"""Grounding audits to voxels: matched voxels V_{i,t} of each instance (visa.md §5, DC).
+"""Grounding audits to voxels: matched voxels V_{i,t} of each instance (docs/visa.md §5, DC).
 
 ``V_{i,t} = {v : centre(v) ∈ b_{i,t} ⊕ margin and y_v = y_i} \\ {v inside ≥ 2 (dilated) boxes}``,
 skipped (empty) when ``|V_{i,t}| < min_voxels``. The box must be in the grid's frame (Occ3D /
@@ -143,7 +143,7 @@ def pad_voxel_index(voxel_lists: list[np.ndarray], offsets=None) -> torch.Tensor
 
 def keyframe_semantics_from_lidar(keyframe, spec: VoxelGridSpec):
     """Occupied GT voxels of a keyframe from its LiDAR returns and 3D boxes (semantic part of the
-    Occ3D recipe, ``benchmarks.md`` §4): a return inside a box takes the box's class (K_obj
+    Occ3D recipe, Occ3D README): a return inside a box takes the box's class (K_obj
     index in ``OCC3D_CLASSES``; boxes outside K_obj -> ``others``), other returns are ``others``;
     each voxel takes the majority class of its returns; voxels without a return are ``free`` (17).
     No ray casting or camera mask (grounding does not need them; the AGO GT builder

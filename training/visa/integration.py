@@ -1,4 +1,4 @@
-"""Bridge from offline audits to a training step of any occupancy model (visa.md §8).
+"""Bridge from offline audits to a training step of any occupancy model (docs/visa.md §8).
 
 - :func:`flatten_logits` — ``[B, C, X, Y, Z]`` (or channels-last) logits -> ``(N, C)`` rows in
   the order :func:`keyframe_targets` indexes (flat C-order voxel index + ``b · X·Y·Z``); the
@@ -7,7 +7,7 @@
   :class:`.losses.AuditTargets` (grounding, propagation weights, padded voxel assignment).
 - :func:`tables_targets` — the same for a whole split with real tables: every box matched to its
   ``sample_annotation`` (:func:`annotation_rows_of_keyframe`), each instance's audit propagated
-  along its prev/next track with the annotation's visibility bin in ρ (visa.md §5, §6).
+  along its prev/next track with the annotation's visibility bin in ρ (docs/visa.md §5, §6).
 - :class:`VisaTerm` — the configured, ramped VISA loss: ``loss = l_occ + term(logits, targets,
   epoch)["total"]``.
 
@@ -163,7 +163,7 @@ def concat_targets(parts: list[AuditTargets]) -> AuditTargets:
 
 
 class VisaTerm:
-    """The VISA training term: λ-weighted, ramped sum of the three losses (visa.md §7).
+    """The VISA training term: λ-weighted, ramped sum of the three losses (docs/visa.md §7).
 
     Args:
         config: the ``losses`` section of ``training/config/visa.yaml`` (or a :class:`VisaLossConfig`).

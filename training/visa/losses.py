@@ -1,4 +1,4 @@
-"""VISA losses on occupancy logits: taxonomy, attribute-factor, scene-level audit graph (visa.md §7).
+"""VISA losses on occupancy logits: taxonomy, attribute-factor, scene-level audit graph (docs/visa.md §7).
 
 Logits-level interface (any occupancy model): the model's per-voxel class logits flattened to
 ``(N, C)`` (e.g. ``logits.permute(0, 2, 3, 4, 1).reshape(-1, C)`` of a ``[B, C, X, Y, Z]`` output)
@@ -200,7 +200,7 @@ def pooled_probabilities(logits: torch.Tensor, voxel_index: torch.Tensor,
 
 
 def taxonomy_loss(pbar: torch.Tensor, targets: AuditTargets, alpha: float = 0.3, beta: float = 0.5) -> torch.Tensor:
-    """L_tax (visa.md §7) from pooled probabilities ``pbar`` (R, K). Returns a 0-dim tensor."""
+    """L_tax (docs/visa.md §7) from pooled probabilities ``pbar`` (R, K). Returns a 0-dim tensor."""
     w = targets.weight.to(pbar.dtype)
     n = w.sum()
     if float(n) <= 0:
@@ -220,7 +220,7 @@ def attribute_scores(pbar: torch.Tensor) -> torch.Tensor:
 
 
 def attribute_loss(pbar: torch.Tensor, targets: AuditTargets) -> torch.Tensor:
-    """L_attr (visa.md §7). Returns a 0-dim tensor."""
+    """L_attr (docs/visa.md §7). Returns a 0-dim tensor."""
     w = targets.weight.to(pbar.dtype)
     n = w.sum()
     if float(n) <= 0:
@@ -249,7 +249,7 @@ class GraphEdges:
 def graph_edges(targets: AuditTargets, min_voxels: int = 3, jaccard_positive: float = 0.8,
                 jaccard_negative: float = 0.2, max_edges_per_frame: int = 256,
                 generator: torch.Generator | None = None) -> GraphEdges:
-    """E+ and E− per frame (visa.md §7), subsampled to ``max_edges_per_frame`` with ``generator``."""
+    """E+ and E− per frame (docs/visa.md §7), subsampled to ``max_edges_per_frame`` with ``generator``."""
     parent_of_class = torch.tensor(parent_matrix().argmax(1), device=targets.hypothesis.device)
     u = targets.attributes.bool()
     m = targets.attribute_mask.bool()
@@ -285,7 +285,7 @@ def graph_edges(targets: AuditTargets, min_voxels: int = 3, jaccard_positive: fl
 
 
 def graph_loss(u_hat: torch.Tensor, weight: torch.Tensor, edges: GraphEdges, margin: float = 0.3) -> torch.Tensor:
-    """L_graph (visa.md §7) from û (R, A), weights (R,) and the batch's edges. 0-dim tensor."""
+    """L_graph (docs/visa.md §7) from û (R, A), weights (R,) and the batch's edges. 0-dim tensor."""
     zero = u_hat.sum() * 0.0
     if len(edges.i) == 0:
         return zero
@@ -311,7 +311,7 @@ def ramp(epoch: float, ramp_epochs: float = 2.0) -> float:
 
 @dataclass
 class VisaLossConfig:
-    """Loss hyper-parameters (visa.md §7; ``losses`` section of ``training/config/visa.yaml``)."""
+    """Loss hyper-parameters (docs/visa.md §7; ``losses`` section of ``training/config/visa.yaml``)."""
 
     alpha: float = 0.3
     beta: float = 0.5

@@ -1,4 +1,4 @@
-"""Audit propagation along tracks by instance token, with per-frame weights (visa.md §5, §6).
+"""Audit propagation along tracks by instance token, with per-frame weights (docs/visa.md §5, §6).
 
 Class identity is constant along a track, so the one audit of an ``instance_token`` is copied to
 every ``sample_annotation`` of it; the per-frame weight carries the geometry:
@@ -98,7 +98,7 @@ def build_tracks(annotations) -> dict[str, Track]:
 
 
 def frame_weight(n_voxels: int, visibility_bin: int | None, full_voxels: int = 20) -> float:
-    """ρ_{i,t} = min(1, |V_{i,t}| / 20) · vis_w(bin) (visa.md §5); bin ``None`` -> vis_w = 1.
+    """ρ_{i,t} = min(1, |V_{i,t}| / 20) · vis_w(bin) (docs/visa.md §5); bin ``None`` -> vis_w = 1.
 
     Raises:
         ValueError: negative voxel count or a bin outside {1, 2, 3, 4, None}.
@@ -112,7 +112,7 @@ def frame_weight(n_voxels: int, visibility_bin: int | None, full_voxels: int = 2
 
 def reliability_weight(audit: dict, tau_q: float = 0.5, tau_r: float = 0.5,
                        agreement_downweight: bool = False, gt_class: str | None = None) -> float:
-    """w_i = q · r · 1[q ≥ τ_q] · 1[r ≥ τ_r] (visa.md §6), halved when ``agreement_downweight``
+    """w_i = q · r · 1[q ≥ τ_q] · 1[r ≥ τ_r] (docs/visa.md §6), halved when ``agreement_downweight``
     and the hypothesis is neither ``gt_class`` nor among the confusions."""
     q, r = float(audit["confidence"]), float(audit["reliability"])
     w = q * r if (q >= tau_q and r >= tau_r) else 0.0

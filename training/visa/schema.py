@@ -1,6 +1,6 @@
 """The ``visa-audit/1`` JSON schema: validation (``jsonschema``) and normalisation.
 
-Design notes ``visa.md`` §4 (DC). Two schemas:
+Design choice (DC), docs/visa.md §4. Two schemas:
 
 - :data:`ANSWER_SCHEMA` — what an auditor (VLM, CLIP, SIMULATED) answers about one crop:
   ``class_hypothesis``, ``confidence`` q, ``confusions`` [{class, score}], ``attributes``
@@ -121,7 +121,7 @@ def _first_error(validator, obj) -> str | None:
 
 
 def normalise_answer(answer: dict) -> dict:
-    """Validate an auditor answer against :data:`ANSWER_SCHEMA` and normalise it (visa.md §4).
+    """Validate an auditor answer against :data:`ANSWER_SCHEMA` and normalise it (docs/visa.md §4).
 
     Args:
         answer: parsed JSON object.

@@ -1,4 +1,4 @@
-"""JSONL audit store keyed by instance token: atomic appends, resumable after kill -9 (visa.md §8).
+"""JSONL audit store keyed by instance token: atomic appends, resumable after kill -9 (docs/visa.md §8).
 
 One record per line. :meth:`AuditStore.append` writes a whole line with a single ``write(2)`` on
 an ``O_APPEND`` descriptor and ``fsync``s it, so a killed writer leaves at most one partial last

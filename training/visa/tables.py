@@ -1,5 +1,5 @@
 """Instances and crop views from nuScenes-format tables (nuScenes, Lyft Level 5, the driving
-simulator's output), read with ``nuscenes-devkit`` (visa.md §3, §5).
+simulator's output), read with ``nuscenes-devkit`` (docs/visa.md §3, §5).
 
 Every ``sample_annotation`` of an instance is seen from every camera of its sample: the box
 (``NuScenes.get_box``, global frame) goes global -> ego at the image's ``ego_pose`` -> camera

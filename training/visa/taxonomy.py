@@ -1,8 +1,8 @@
 """Class sets, parent groups, attributes and the class->attribute matrix of VISA.
 
-Design notes ``visa.md`` §2 (class sets, parents) and §4 (attribute list); every choice here is
+Design choices (docs/visa.md §2: class sets, parents; §4: attribute list); every choice here is
 a design choice (DC), not from the paper. Class indices follow nuScenes-lidarseg / Occ3D order
-(``benchmarks.md`` §4): the 10 audited "thing" classes K_obj are lidarseg ids 1..10.
+(Occ3D README): the 10 audited "thing" classes K_obj are lidarseg ids 1..10.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ OCC3D_CLASSES: tuple[str, ...] = (
     "sidewalk", "terrain", "manmade", "vegetation", "free",
 )
 
-#: K_obj: the audited thing classes, in lidarseg order (visa.md §2).
+#: K_obj: the audited thing classes, in lidarseg order (docs/visa.md §2).
 K_OBJ: tuple[str, ...] = (
     "barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle", "pedestrian",
     "traffic_cone", "trailer", "truck",
@@ -27,7 +27,7 @@ K_OBJ: tuple[str, ...] = (
 #: Index of each K_obj class in OCC3D_CLASSES (lidarseg ids 1..10).
 K_OBJ_OCC3D_INDEX: tuple[int, ...] = tuple(OCC3D_CLASSES.index(c) for c in K_OBJ)
 
-#: Parent groups over K_obj (visa.md §2).
+#: Parent groups over K_obj (docs/visa.md §2).
 PARENTS: dict[str, tuple[str, ...]] = {
     "vehicle": ("car", "truck", "bus", "trailer", "construction_vehicle"),
     "two_wheeler": ("bicycle", "motorcycle"),
@@ -35,14 +35,14 @@ PARENTS: dict[str, tuple[str, ...]] = {
     "static_obstacle": ("barrier", "traffic_cone"),
 }
 
-#: The A = 10 binary visual factors of the audit (visa.md §4), in this order.
+#: The A = 10 binary visual factors of the audit (docs/visa.md §4), in this order.
 ATTRIBUTES: tuple[str, ...] = (
     "large_vehicle", "two_wheeler", "person", "static_obstacle", "enclosed_passenger_cabin",
     "cargo_bed_or_box", "towed_unit", "construction_equipment", "tall_over_2p5m", "wheeled",
 )
 
 #: Class -> attributes that hold for a typical instance (fixed by hand from the nuScenes class
-#: definitions; visa.md §7 "M fixed by hand"). The truck row equals the example audit of §4.
+#: definitions; docs/visa.md §7 "M fixed by hand"). The truck row equals the example audit of §4.
 CLASS_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "barrier": ("static_obstacle",),
     "bicycle": ("two_wheeler", "wheeled"),
@@ -99,7 +99,7 @@ def category_to_class(category: str) -> str | None:
         category: full nuScenes name (``"vehicle.bus.rigid"``) or detection name (``"bus"``).
 
     Returns:
-        The K_obj class name, or ``None`` for categories outside K_obj (visa.md §5: GT class
+        The K_obj class name, or ``None`` for categories outside K_obj (docs/visa.md §5: GT class
         "mapped from the nuScenes category").
     """
     if category in K_OBJ:
@@ -121,7 +121,7 @@ def parent_of(cls: str) -> str:
 
 @lru_cache(maxsize=1)
 def attribute_matrix() -> np.ndarray:
-    """M ∈ {0,1}^{|K_obj| × A} (visa.md §7), rows in K_OBJ order, columns in ATTRIBUTES order.
+    """M ∈ {0,1}^{|K_obj| × A} (docs/visa.md §7), rows in K_OBJ order, columns in ATTRIBUTES order.
 
     Returns:
         (10, 10) float32 0/1 matrix (cached, read-only).

@@ -1,4 +1,4 @@
-"""Transformers VLM auditor (Qwen2-VL / Qwen2.5-VL / Qwen3-VL family) — visa.md §1, §4.
+"""Transformers VLM auditor (Qwen2-VL / Qwen2.5-VL / Qwen3-VL family) — docs/visa.md §1, §4 (design choice).
 
 The crop and the versioned prompt :data:`PROMPT_VERSION` go through the model's own processor
 and chat template; decoding is greedy (``do_sample=False``, temperature 0); the first JSON object
