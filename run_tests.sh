@@ -2,9 +2,10 @@
 # The test command (README, .ci/run): set up .venv if needed, build and test the package with colcon
 # and check its install tree (scripts/colcon_check.py: fresh workspace build/colcon_ws, colcon
 # build, colcon test, install-tree check), then run the whole test suite.
-# The colcon step runs when no pytest arguments are given (CI) or with OCC_AUDIT_COLCON=1; with
-# arguments (a subset of the tests) it is skipped unless asked for, and OCC_AUDIT_COLCON=0 always
-# skips it. Its failure fails the run, after the test suite has run.
+# The colcon step (about two minutes) runs when no arguments are given (CI) or with
+# OCC_AUDIT_COLCON=1; with extra pytest arguments (-x, -k EXPR, ...) it is skipped unless asked
+# for, and OCC_AUDIT_COLCON=0 always skips it. Its failure fails the run, after the test suite.
+# test/ros/test_colcon_install.py rebuilds the workspace itself when it is missing or stale.
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup_env.sh

@@ -12,10 +12,15 @@
    RSS, over fewer messages at the ViT-B/32 cost).
 3. Fuzz: ``--fuzz`` malformed items (about 2.9 messages each) into a one-camera node with the tiny
    model, then a valid frame must be answered (``test/node_checks.py``).
+4. Lazy outputs: ``--lazy`` synthetic one-camera frames (tiny model, 640 x 480, depth 10 m) answered
+   one at a time, in alternating blocks without and with subscribers of ``semantic_voxel_markers``
+   and ``semantic_points`` (which the node builds only while subscribed); the node's end-to-end and
+   publish seconds per block kind, and their ratio.
 
 CLIP weights are the ViT-B/32 layout with random values by default: the cost is that of the real model.
 
     .venv/bin/python benchmarks/node_latency.py [--clip-model random] [--keyframes 12] [--soak 1200] [--fuzz 1000]
+        [--lazy 40]
 
 Last line: ``RESULT keyframe_s_cpu=<mean end-to-end s> rss_growth_pct=<soak %> ...``.
 """
@@ -245,8 +250,66 @@ def fuzz(args) -> dict:
         print(f"  counters {node.counters}; warnings logged {logged} "
               f"(per kind {dict((k, c[0]) for k, c in node.warn_counts.items())}), suppressed {suppressed} "
               f"(warn_period_s 1.0); valid frame answered afterwards: {answered}")
+        crashes = int(not node._worker.is_alive())
+        print(f"  fuzz: cases {stats['items']}, crashes {crashes}, permanent failures {int(not answered)}, "
+              f"silent outputs {sum(stats['silent'].values())} {stats['silent'] or ''} (goal 0, 0, 0)")
         return {"fuzz_msgs": stats["messages"], "fuzz_answered": answered, "warnings_logged": logged,
+                "fuzz_cases": stats["items"], "fuzz_crashes": crashes, "fuzz_permanent": int(not answered),
+                "fuzz_silent": sum(stats["silent"].values()),
                 "warnings_suppressed": suppressed}
+
+    return _small_node_run(body)
+
+
+def lazy_outputs(args) -> dict:
+    """Part 4 (see module docstring); returns the figures."""
+    from sensor_msgs.msg import PointCloud2
+    from visualization_msgs.msg import MarkerArray
+
+    wait_until, synthetic_frame = _node_checks_attrs('wait_until', 'synthetic_frame')
+
+    def body(node, driver, _good):
+        good = synthetic_frame(height=480, width=640)
+        stamp = [10_000_000_000]
+        figures = {False: {"end_to_end": [], "publish": []}, True: {"end_to_end": [], "publish": []}}
+        got = []
+
+        def frames(n: int, subscribed: bool) -> None:
+            for _ in range(n):
+                stamp[0] += 100_000_000
+                before = node.counters["processed"]
+                for _attempt in range(20):  # best effort: resend until answered
+                    driver.send_frame(good.restamped(stamp[0]))
+                    if wait_until(lambda: node.counters["processed"] > before, 2.0):
+                        break
+                t = node.last_result.timings_s
+                for k in ("end_to_end", "publish"):
+                    figures[subscribed][k].append(t[k])
+
+        frames(3, False)  # warm-up
+        for k in figures[False]:
+            figures[False][k].clear()
+        block = max(args.lazy // 4, 1)
+        for _ in range(2):
+            frames(block, False)
+            subs = [driver.create_subscription(MarkerArray, "/semantic_voxel_markers", got.append, 5),
+                    driver.create_subscription(PointCloud2, "/semantic_points", got.append, 5)]
+            assert wait_until(lambda: node.marker_pub.get_subscription_count() > 0
+                              and node.points_pub.get_subscription_count() > 0, 20.0)
+            frames(block, True)
+            for sub in subs:
+                driver.destroy_subscription(sub)
+            wait_until(lambda: node.marker_pub.get_subscription_count() == 0
+                       and node.points_pub.get_subscription_count() == 0, 20.0)
+        voxels = len(node.last_result.voxels.indices)
+        mean = {sub: {k: statistics.mean(v) for k, v in f.items()} for sub, f in figures.items()}
+        ratio = mean[True]["end_to_end"] / mean[False]["end_to_end"]
+        print(f"lazy outputs: {2 * block} frames each, {voxels} voxels per frame; end to end without marker/point "
+              f"subscribers {mean[False]['end_to_end']:.4f} s (publish {mean[False]['publish']:.4f} s), with "
+              f"{mean[True]['end_to_end']:.4f} s (publish {mean[True]['publish']:.4f} s); ratio with/without "
+              f"{ratio:.3f}; {len(got)} marker/point messages received")
+        return {"lazy_ratio": ratio, "lazy_without_s": mean[False]["end_to_end"],
+                "lazy_with_s": mean[True]["end_to_end"]}
 
     return _small_node_run(body)
 
@@ -263,12 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trim", action="store_true",
                    help="malloc_trim after every keyframe so that RSS tracks live memory (allocator fragmentation aside)")
     p.add_argument("--fuzz", type=int, default=1000, help="malformed items (0 = skip the fuzz part)")
+    p.add_argument("--lazy", type=int, default=40,
+                   help="frames of the lazy-output comparison, half without and half with subscribers (0 = skip)")
     args = p.parse_args(argv)
     print(f"1-min load {os.getloadavg()[0]:.2f} at start, {os.cpu_count()} CPUs", flush=True)
     lat = latency_and_soak(args) if args.keyframes else {}
     print(f"1-min load {os.getloadavg()[0]:.2f} after the latency part", flush=True)
     sk = soak(args) if args.soak else {}
     fz = fuzz(args) if args.fuzz else {}
+    lz = lazy_outputs(args) if args.lazy else {}
     print(f"1-min load {os.getloadavg()[0]:.2f} at the end")
     fields = []
     if lat:
@@ -279,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         fields.append(f"keyframe_rss_growth_pct={lat['rss_growth_pct']:.2f} keyframe_msgs={lat['messages']}")
     if fz:
         fields.append(f"fuzz_msgs={fz['fuzz_msgs']} fuzz_answered={int(fz['fuzz_answered'])} "
-                      f"fuzz_warnings_logged={fz['warnings_logged']}")
+                      f"fuzz_warnings_logged={fz['warnings_logged']} fuzz_cases={fz['fuzz_cases']} "
+                      f"fuzz_crashes={fz['fuzz_crashes']} fuzz_permanent_failures={fz['fuzz_permanent']} "
+                      f"fuzz_silent_outputs={fz['fuzz_silent']}")
+    if lz:
+        fields.append(f"lazy_with_over_without={lz['lazy_ratio']:.3f}")
     print("RESULT " + " ".join(fields))
     return 0
 

@@ -38,7 +38,9 @@ import numpy as np
 
 from occ_audit_ros import paths
 from occ_audit_ros.clip_model import ClipBundle
-from occ_audit_ros.pipeline import CameraInput, PerceptionPipeline, PipelineConfig, PipelineResult
+from occ_audit_ros.model_files import ModelFileError, check_ago_checkpoint, check_semabs_checkpoint
+from occ_audit_ros.pipeline import (CameraInput, PerceptionPipeline, PipelineConfig, PipelineResult, UnusableCameras,
+                                    screen_cameras)
 from occ_audit_ros.relevancy import RelevancyConfig, RelevancyExtractor, as_rgb_uint8
 from occ_audit_ros.voxel_grid import SemanticVoxels, VoxelGridSpec
 
@@ -57,6 +59,27 @@ def resolve_checkpoint(path: str) -> str:
     if not path or Path(path).exists():
         return path
     return str(paths.resource(path))
+
+
+def _checked(path: str, kind: str) -> str:
+    """``path`` resolved (:func:`resolve_checkpoint`) and checked by ``occ_audit_ros.model_files``
+    (``kind``: ``ovssc`` / ``vool`` SemAbs checkpoint, ``ago`` run or checkpoint directory); '' stays ''.
+
+    Raises:
+        ModelFileError: missing, not safetensors (e.g. a pickle), not that kind of checkpoint, or
+            tensors whose keys, shapes, dtypes or values do not fit the network (names the file).
+    """
+    if not path:
+        return path
+    try:
+        resolved = resolve_checkpoint(path)
+    except FileNotFoundError as err:
+        raise ModelFileError(path, f"does not exist (neither in the working directory nor shipped: {err})") from err
+    if kind == "ago":
+        check_ago_checkpoint(resolved)
+    else:
+        check_semabs_checkpoint(resolved, task=kind)
+    return resolved
 
 
 @dataclass
@@ -257,8 +280,10 @@ class SemAbsBackend:
         device: torch device of the 3D networks.
 
     Raises:
-        FileNotFoundError / ValueError: unreadable or wrong-task checkpoints; ValueError when the grid
-            has no voxel inside the workspace.
+        ModelFileError (a ValueError naming the file): missing, pickled, truncated, wrong-task or
+            inconsistent checkpoints (keys, shapes, dtypes, non-finite weights), checked before any
+            network is built (``occ_audit_ros.model_files``); ValueError when the grid has no voxel
+            inside the workspace.
     """
 
     stages = ("relevancy", "semabs_cloud_and_network")
@@ -274,7 +299,7 @@ class SemAbsBackend:
         self.min_probability = float(semabs.min_probability)
         self.extractor = RelevancyExtractor(clip, config.relevancy)
         self.relevancy = _TimedRelevancy(self.extractor)
-        ovssc, vool = resolve_checkpoint(semabs.ovssc_checkpoint), resolve_checkpoint(semabs.vool_checkpoint)
+        ovssc, vool = _checked(semabs.ovssc_checkpoint, "ovssc"), _checked(semabs.vool_checkpoint, "vool")
         self.predictor = SemAbsPredictor.from_checkpoints(
             self.relevancy, ovssc_path=ovssc or None, vool_path=vool or None,
             num_points=semabs.num_points, random_weights=self.clip.random_weights, device=device)
@@ -347,6 +372,9 @@ class SemAbsBackend:
         cam = next((c for c in cameras if c.channel == self.camera), None)
         if cam is None:
             raise ValueError(f"SemAbs camera {self.camera!r} is not among the cameras {[c.channel for c in cameras]}")
+        _, issues = screen_cameras([cam], self.config.min_depth_m, self.config.max_depth_m)
+        if issues:  # single view: unregistered, malformed or depth-less, there is nothing to complete
+            raise UnusableCameras(issues)
         depth = np.asarray(cam.depth, np.float32).copy()
         with np.errstate(invalid="ignore"):
             depth[~((depth >= self.config.min_depth_m) & (depth <= self.config.max_depth_m))] = np.nan
@@ -362,7 +390,9 @@ class SemAbsBackend:
             ``semabs_cloud_and_network`` [s].
 
         Raises:
-            ValueError: when the camera is missing or no valid depth pixel falls inside the workspace.
+            ValueError: when the camera is missing or no valid depth pixel falls inside the workspace;
+                :class:`~occ_audit_ros.pipeline.UnusableCameras` when the SemAbs camera has no valid
+                depth, unregistered depth or malformed input (``issues`` name it).
         """
         start = time.perf_counter()
         self.relevancy.seconds = 0.0
@@ -434,7 +464,8 @@ class AgoBackend:
         device: torch device.
 
     Raises:
-        FileNotFoundError / ValueError: from :meth:`AgoPredictor.from_checkpoint`.
+        ModelFileError (a ValueError naming the file): an unusable checkpoint directory, checked
+            before the model is built (``occ_audit_ros.model_files.check_ago_checkpoint``).
     """
 
     stages = ("ago_network",)
@@ -444,7 +475,7 @@ class AgoBackend:
         from occ_audit_ros.ago.infer import AgoPredictor
 
         self.predictor = AgoPredictor.from_checkpoint(
-            resolve_checkpoint(config.checkpoint), device=device,
+            _checked(config.checkpoint, "ago"), device=device,
             identifier=None if config.identifier == "none" else config.identifier)
         self.target_frame = target_frame
         self.random_weights = self.predictor.random_weights
@@ -467,10 +498,17 @@ class AgoBackend:
     def process(self, cameras: Sequence[CameraInput]) -> PipelineResult:
         """Predict one frame: occupied voxels (label != free) with the probability of their label.
 
+        Cameras are screened (``pipeline.screen_cameras``): unusable ones are left out and named in
+        ``issues``, a camera without valid depth still gives its image (and is named).
+
         Raises:
-            ValueError: on mismatched or malformed camera inputs.
+            ValueError: on mismatched or malformed camera inputs; ``UnusableCameras`` when no camera
+                is usable.
         """
         start = time.perf_counter()
+        cameras, issues = screen_cameras(cameras, 1e-6, float("inf"))
+        if not cameras:
+            raise UnusableCameras(issues)
         res = self.predictor.predict([as_rgb_uint8(c.image) for c in cameras], [c.K for c in cameras],
                                      [c.T_target_cam for c in cameras], [c.depth for c in cameras],
                                      stamp_ns=max(int(c.stamp_ns) for c in cameras))
@@ -478,7 +516,7 @@ class AgoBackend:
         total = time.perf_counter() - start
         return PipelineResult(voxels=res.voxels, relevancy={},
                               points_per_camera={c.channel: int(np.isfinite(c.depth).sum()) for c in cameras},
-                              timings_s={"ago_network": total, "total": total})
+                              timings_s={"ago_network": total, "total": total}, issues=issues)
 
 
 @dataclass(frozen=True)
@@ -527,7 +565,8 @@ def create_backend(model: str, config: PipelineConfig, model_config: Any = None,
 
     Raises:
         ValueError: unknown model, missing CLIP, missing required config. TypeError: a config of
-            another model. FileNotFoundError / ValueError: from the backend (checkpoints, grid).
+            another model. ModelFileError (a ValueError naming the file): unusable checkpoints; ValueError:
+            a grid outside the model's workspace.
     """
     kind = BACKENDS.get(model)
     if kind is None:

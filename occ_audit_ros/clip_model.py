@@ -155,7 +155,9 @@ def load_clip(name: str, device: str | torch.device = "cpu", seed: int = 0) -> C
 
     Raises:
         ClipWeightsUnavailable: when ``name`` is neither a loadable directory nor a reachable hub
-            id; the message says how to provide weights.
+            id, or a directory fails ``occ_audit_ros.model_files.check_clip_dir`` (missing or
+            inconsistent config.json, weights that do not fit it, pickled weights, no tokenizer);
+            the message names the file and says how to provide weights.
     """
     from transformers import CLIPModel, CLIPTokenizer
 
@@ -174,6 +176,13 @@ def load_clip(name: str, device: str | torch.device = "cpu", seed: int = 0) -> C
         is_dir = source.is_dir()
         if not is_dir and (os.sep in name and not name.count("/") == 1 or name.startswith((".", "~"))):
             raise ClipWeightsUnavailable(f"CLIP model directory {source} does not exist.\n{HOW_TO_PROVIDE}")
+        if is_dir:
+            from occ_audit_ros.model_files import ModelFileError, check_clip_dir
+
+            try:
+                check_clip_dir(source)  # config.json, weights consistent with it, tokenizer: before building
+            except ModelFileError as err:
+                raise ClipWeightsUnavailable(f"CLIP model directory unusable: {err}\n{HOW_TO_PROVIDE}") from err
         try:
             model = CLIPModel.from_pretrained(str(source) if is_dir else name, attn_implementation="eager")
             tokenizer = CLIPTokenizer.from_pretrained(str(source) if is_dir else name)

@@ -44,6 +44,12 @@ def camera_namespace(channel: str) -> str:
     return "/" + channel.lower()
 
 
+def relative_camera_namespace(channel: str) -> str:
+    """Camera namespace relative to a node's namespace, e.g. ``"cam_front"`` (image_transport layout:
+    ``<ns>/image_raw``, ``<ns>/image_raw/compressed``, ``<ns>/camera_info``)."""
+    return channel.lower()
+
+
 def image_topic(channel: str) -> str:
     """``sensor_msgs/Image`` topic (rgb8) of a camera channel."""
     return camera_namespace(channel) + "/image_raw"
@@ -78,3 +84,5 @@ HIDDEN_QUERY_TOPIC = "hidden_object_query"
 HIDDEN_RESULT_TOPIC = "hidden_object_result"
 HIDDEN_MARKERS_TOPIC = "hidden_object_markers"
 HIDDEN_POINTS_TOPIC = "hidden_object_points"
+#: Service (occ_audit_ros/srv/HiddenObject) answering one hidden-object query per request.
+HIDDEN_SERVICE = "hidden_object"

@@ -11,6 +11,7 @@ the parameter table of the docs is generated from them (``occ_audit_params --mar
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,14 @@ class ParamSpec:
     Attributes:
         name: dotted ROS parameter name (YAML nesting = dots).
         default: default value; its Python type fixes the ROS parameter type.
-        description: one-line documentation (ParameterDescriptor.description and README table).
+        description: one-line documentation (ParameterDescriptor.description and the node page's table).
         read_only: cannot change after start (ROS rejects the change).
         choices: allowed values for a string parameter (empty = any).
         array_of: element type of a list parameter whose default may be empty (``str`` for a
             string array); None = the type of the default's first element.
+        range: inclusive ``(low, high)`` of a number, or of every element of a number list; None =
+            any finite value. Scalars carry it in their ROS descriptor (``FloatingPointRange`` /
+            ``IntegerRange``); :func:`validate` checks it for lists too.
 
     One spec type serves every node of the package (perception node, bag player, bag recorder):
     ``occ_audit_ros.nodes.parameters.declare_parameters`` declares them, :func:`markdown_table`
@@ -47,6 +51,7 @@ class ParamSpec:
     read_only: bool = False
     choices: tuple[str, ...] = ()
     array_of: type | None = None
+    range: tuple[float, float] | None = None
 
     @property
     def type(self) -> str:
@@ -55,6 +60,13 @@ class ParamSpec:
             return _TYPE_NAMES[self.array_of or type(self.default[0])] + "_array"
         return _TYPE_NAMES[type(self.default)]
 
+
+#: Most labels a perception node accepts, and most characters per label (every label is a CLIP text
+#: prompt on every frame; CLIP's text context is 77 tokens).
+MAX_LABELS = 256
+MAX_LABEL_CHARS = 100
+#: Most voxels of the published grid (grid extent / grid.voxel_size, the product over x, y, z).
+MAX_GRID_VOXELS = 2 ** 26
 
 DRIVING_LABELS = ["car", "truck", "bus", "pedestrian", "bicycle", "traffic cone", "barrier", "road",
                   "sidewalk", "building", "vegetation"]
@@ -73,11 +85,11 @@ SEMABS_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("semabs.workspace_center", [6.0, 0.0, 0.9],
               "Centre of the SemAbs workspace cube (the checkpoint's size, 2 m for the shipped ones) in "
               "target_frame [m]; axes parallel to target_frame. Only grid voxels inside it are predicted.",
-              read_only=True),
+              read_only=True, range=(-1000.0, 1000.0)),
     ParamSpec("semabs.num_points", 6000, "Points sampled from the relevancy cloud per view (the shipped checkpoints were trained with 6000; SemAbs: 80000).",
-              read_only=True),
+              read_only=True, range=(1, 1_000_000)),
     ParamSpec("semabs.min_probability", 0.1,
-              "Hidden-object answers list the workspace voxels with at least this probability."),
+              "Hidden-object answers list the workspace voxels with at least this probability.", range=(0.0, 1.0)),
 )
 AGO_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("ago.checkpoint", "", "AGO run or checkpoint directory (training/train_ago.py); needed for model ago.",
@@ -102,42 +114,70 @@ COMMON_PARAMS: tuple[ParamSpec, ...] = (
               "replaces grid.*). Parameters of a model (semabs.*, ago.*) are declared only when it is chosen.",
               read_only=True, choices=tuple(MODEL_PARAMS)),
     ParamSpec("labels", list(DRIVING_LABELS),
-              "Open-vocabulary label set queried jointly on every frame (relevancy is mean-subtracted over it)."),
+              "Open-vocabulary label set queried jointly on every frame (relevancy is mean-subtracted over it); "
+              f"1 to {MAX_LABELS} distinct labels of 1 to {MAX_LABEL_CHARS} characters."),
     ParamSpec("prompt_template", "a photograph of a {} on a street.", "CLIP text prompt; '{}' is replaced by the label."),
     ParamSpec("relevancy.preset", "",
               "Relevancy preset by name ('semabs', 'fast') when occ_audit_ros.relevancy provides presets; "
               "'' = use the relevancy.* parameters below. Changeable at run time (validated)."),
     ParamSpec("relevancy.tile_fractions", [1.0],
-              "Sliding-window tile side per scale, as a fraction of the image's short side."),
-    ParamSpec("relevancy.stride_fraction", 0.25, "Window stride as a fraction of the tile side."),
+              "Sliding-window tile side per scale, as a fraction of the image's short side.", range=(0.01, 1.0)),
+    ParamSpec("relevancy.stride_fraction", 0.25, "Window stride as a fraction of the tile side.", range=(0.01, 1.0)),
     ParamSpec("relevancy.flip", False, "Also evaluate horizontally mirrored tiles (twice the cost)."),
-    ParamSpec("relevancy.output_stride", 2, "Relevancy maps are computed at image size / output_stride [px]."),
-    ParamSpec("relevancy.batch_size", 32, "CLIP crops per forward pass."),
+    ParamSpec("relevancy.output_stride", 2, "Relevancy maps are computed at image size / output_stride [px].",
+              range=(1, 64)),
+    ParamSpec("relevancy.batch_size", 32, "CLIP crops per forward pass.", range=(1, 4096)),
     ParamSpec("relevancy.autocast", "",
               "Autocast dtype of the CLIP passes: 'bfloat16' (CPU or GPU), 'float16' (GPU), 'none' (float32); "
               "'' keeps the preset's. bfloat16 on 2 CPU cores: 1.51 s vs 2.19 s per keyframe end to end, maps "
-              "correlate 0.9998 with float32 (benchmarks/node_latency.py, docs/ros_node.md).",
+              "correlate 0.9998 with float32 (benchmarks/node_latency.py, docs/nodes/perception_node.md).",
               read_only=True, choices=("", "none", "bfloat16", "float16")),
     ParamSpec("cameras", list(CAMERA_CHANNELS),
-              "Camera names; each has <ns>/image_raw, <ns>/camera_info and <ns>/depth with ns = lower-case name."),
+              "Camera names; each has <ns>/image_raw (or image_raw/compressed), <ns>/camera_info and <ns>/depth, with "
+              "ns = lower-case name relative to the node's namespace (remap or push a namespace for a rig)."),
     ParamSpec("target_frame", BASE_FRAME, "Frame of the published voxel grid (REP-105 base_link)."),
-    ParamSpec("grid.lower", [-40.0, -40.0, -1.0], "Minimum corner of the voxel grid in target_frame [m] (Occ3D-nuScenes)."),
-    ParamSpec("grid.upper", [40.0, 40.0, 5.4], "Maximum corner of the voxel grid in target_frame [m]."),
-    ParamSpec("grid.voxel_size", 0.4, "Voxel edge length [m]."),
-    ParamSpec("depth.min_m", 1.0, "Depth readings nearer than this are ignored [m]."),
-    ParamSpec("depth.max_m", 80.0, "Depth readings farther than this are ignored [m]."),
-    ParamSpec("sync.slop_s", 0.1, "Max stamp spread of one synchronised set of camera images, infos and depths [s]."),
+    ParamSpec("grid.lower", [-40.0, -40.0, -1.0], "Minimum corner of the voxel grid in target_frame [m] (Occ3D-nuScenes).",
+              range=(-1000.0, 1000.0)),
+    ParamSpec("grid.upper", [40.0, 40.0, 5.4], "Maximum corner of the voxel grid in target_frame [m]; above grid.lower "
+              f"on every axis, at most {MAX_GRID_VOXELS} voxels in all.", range=(-1000.0, 1000.0)),
+    ParamSpec("grid.voxel_size", 0.4, "Voxel edge length [m].", range=(0.01, 10.0)),
+    ParamSpec("depth.min_m", 1.0, "Depth readings nearer than this are ignored [m]; below depth.max_m.",
+              range=(0.0, 1000.0)),
+    ParamSpec("depth.max_m", 80.0, "Depth readings farther than this are ignored [m].", range=(0.0, 1000.0)),
+    ParamSpec("sync.slop_s", 0.03,
+              "Cross-camera slop: every camera stamp of a synchronised set lies within this of the set's centre "
+              "[s]. Below half the camera period (41.7 ms at nuScenes' 12 Hz); the 60 ms window holds the ~43 ms "
+              "over which nuScenes' six cameras fire.", range=(0.0, 10.0)),
+    ParamSpec("sync.tolerance_s", 0.001,
+              "Per camera: max stamp difference between its image, camera_info and depth of one frame [s].",
+              read_only=True, range=(0.0, 10.0)),
+    ParamSpec("sync.timeout_s", 0.25,
+              "A camera without a frame this long past a set's first stamp (or silent this long) is left out "
+              "and the present cameras are processed; /diagnostics names it [s]. 0 waits for every camera.",
+              range=(0.0, 60.0)),
+    ParamSpec("input.image_transport", "raw",
+              "Camera images: 'raw' subscribes to <camera>/image_raw (sensor_msgs/Image), 'compressed' to "
+              "<camera>/image_raw/compressed (sensor_msgs/CompressedImage, JPEG or PNG).",
+              read_only=True, choices=("raw", "compressed")),
+    ParamSpec("input.depth_topic", "depth",
+              "Depth image topic under each camera's namespace (sensor_msgs/Image 16UC1 mm or 32FC1 m).",
+              read_only=True),
     ParamSpec("publish.markers", True, "Publish visualization_msgs/MarkerArray of the voxels."),
     ParamSpec("publish.points", True, "Publish sensor_msgs/PointCloud2 (x, y, z, label, score) of the voxels."),
     ParamSpec("tf.tolerance_s", 0.1,
-              "Max distance in time between an image stamp and the nearest dynamic transform on each TF edge [s]."),
+              "How far an image stamp may lie past the newest transform of its TF path and still use that newest "
+              "transform [s]; inside the data transforms are interpolated (tf2), before it or further past it the "
+              "frame is skipped. The same for tf2_ros and the built-in buffer.", range=(0.0, 10.0)),
+    ParamSpec("tf.timeout_s", 0.05,
+              "Longest wait of one transform lookup for the transforms it needs (tf2 lookup timeout) [s].",
+              range=(0.0, 10.0)),
     ParamSpec("input.max_future_s", 30.0,
               "Messages stamped further than this ahead of the node's clock are dropped with a warning [s] "
-              "(skipped while the clock reads 0, e.g. use_sim_time before the first /clock)."),
+              "(skipped while the clock reads 0, e.g. use_sim_time before the first /clock).", range=(0.0, 86400.0)),
     ParamSpec("diagnostics.period_s", 1.0,
               "Period of diagnostic_msgs/DiagnosticArray on /diagnostics (rates, counters, per-stage latency) [s]; "
-              "0 disables."),
-    ParamSpec("warn_period_s", 5.0, "Minimum period between repeated warnings of one kind [s]."),
+              "0 disables.", range=(0.0, 3600.0)),
+    ParamSpec("warn_period_s", 5.0, "Minimum period between repeated warnings of one kind [s].", range=(0.0, 3600.0)),
 )
 
 #: Every parameter a perception node may declare (common ones, then each model's group).
@@ -212,31 +252,69 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
         if isinstance(default, list):
             if not isinstance(value, (list, tuple)):
                 raise ValueError(f"parameter {name} must be a list, got {value!r}")
+            if len(value) > 10 * MAX_LABELS:
+                raise ValueError(f"parameter {name} has {len(value)} items; at most {10 * MAX_LABELS}")
             value = [float(v) if isinstance(default[0], float) else v for v in value]
         elif not isinstance(value, type(default)):
             raise ValueError(f"parameter {name} must be {type(default).__name__}, got {value!r}")
         out[name] = value
     for name, value in out.items():
-        choices = known[name].choices
-        if choices and value not in choices:
-            raise ValueError(f"parameter {name} must be one of {list(choices)}, got {value!r}")
+        spec = known[name]
+        if spec.choices and value not in spec.choices:
+            raise ValueError(f"parameter {name} must be one of {list(spec.choices)}, got {value!r}")
+        check_range(spec, value)
     if model == "semabs":
         if len(out["semabs.workspace_center"]) != 3:
             raise ValueError("parameter semabs.workspace_center must have 3 elements, "
                              f"got {out['semabs.workspace_center']!r}")
-        if out["semabs.num_points"] < 1 or not 0.0 <= out["semabs.min_probability"] <= 1.0:
-            raise ValueError("semabs.num_points must be >= 1 and semabs.min_probability in [0, 1]")
     if model == "ago" and not out["ago.checkpoint"]:
         raise ValueError("model 'ago' needs ago.checkpoint (a run directory of training/train_ago.py)")
     for name in ("labels", "cameras"):
         if not out[name] or any(not isinstance(v, str) or not v.strip() for v in out[name]):
             raise ValueError(f"parameter {name} must be a non-empty list of non-empty strings, got {out[name]!r}")
     if len(set(out["labels"])) != len(out["labels"]):
-        raise ValueError(f"parameter labels has duplicates: {out['labels']!r}")
-    for name in ("sync.slop_s", "tf.tolerance_s", "input.max_future_s", "diagnostics.period_s", "warn_period_s"):
+        raise ValueError(f"parameter labels has duplicates: {_short(out['labels'])}")
+    if len(out["labels"]) > MAX_LABELS:
+        raise ValueError(f"parameter labels has {len(out['labels'])} labels; at most {MAX_LABELS}")
+    long = [v for v in out["labels"] if len(v) > MAX_LABEL_CHARS]
+    if long:
+        raise ValueError(f"parameter labels: {len(long)} labels longer than {MAX_LABEL_CHARS} characters, "
+                         f"e.g. {long[0][:40]!r}...")
+    lower, upper = out["grid.lower"], out["grid.upper"]
+    if len(lower) != 3 or len(upper) != 3 or not all(lo < hi for lo, hi in zip(lower, upper)):
+        raise ValueError(f"parameters grid.lower {lower!r} and grid.upper {upper!r} must be 3 values each, "
+                         "lower < upper on every axis")
+    voxels = math.prod(math.ceil((hi - lo) / out["grid.voxel_size"] - 1e-9) for lo, hi in zip(lower, upper))
+    if voxels > MAX_GRID_VOXELS:
+        raise ValueError(f"grid.lower/grid.upper/grid.voxel_size give {voxels} voxels; at most {MAX_GRID_VOXELS}")
+    if not out["depth.min_m"] < out["depth.max_m"]:
+        raise ValueError(f"parameter depth.min_m ({out['depth.min_m']}) must be below depth.max_m "
+                         f"({out['depth.max_m']})")
+    for name in ("sync.slop_s", "sync.tolerance_s", "sync.timeout_s", "tf.tolerance_s", "input.max_future_s", "diagnostics.period_s", "warn_period_s"):
         if not out[name] >= 0:
             raise ValueError(f"parameter {name} must be >= 0, got {out[name]!r}")
     return out
+
+
+def _short(values: list) -> str:
+    """``repr`` of a list, cut to its first ten items (parameter errors name huge lists briefly)."""
+    return repr(values) if len(values) <= 10 else f"{values[:10]!r}... ({len(values)} items)"
+
+
+def check_range(spec: ParamSpec, value: Any) -> None:
+    """Check that a number (or every element of a number list) is finite and inside ``spec.range``.
+
+    Raises:
+        ValueError: naming the parameter, the value and the allowed range.
+    """
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"parameter {spec.name} must be finite, got {v!r}")
+        if spec.range is not None and not spec.range[0] <= v <= spec.range[1]:
+            raise ValueError(f"parameter {spec.name} must be in [{spec.range[0]}, {spec.range[1]}], got {v!r}")
 
 
 #: The base parameter file of the perception node and the folder of the per-model overlays.
@@ -291,6 +369,10 @@ def check_preset(name: str) -> str:
     return name
 
 
+def _range_text(spec: ParamSpec) -> str:
+    return "" if spec.range is None else f" Range [{spec.range[0]}, {spec.range[1]}]."
+
+
 def markdown_table(specs: tuple[ParamSpec, ...] | None = None) -> str:
     """Markdown table of ``specs``; default: the perception node's (the docs' table), with a ``model``
     column (``any`` = declared by every node, else the model whose group it is) and the QoS-override row."""
@@ -303,7 +385,7 @@ def markdown_table(specs: tuple[ParamSpec, ...] | None = None) -> str:
     rows = ["| parameter | model | type | default | description |", "|---|---|---|---|---|"]
     for p in PERCEPTION_PARAMS:
         rows.append(f"| `{p.name}` | {MODEL_OF.get(p.name, 'any')} | {p.type} | `{p.default!r}` | {p.description}"
-                    f"{' (read-only)' if p.read_only else ''} |")
+                    f"{_range_text(p)}{' (read-only)' if p.read_only else ''} |")
     rows.append(f"| `qos_overrides.<topic>.subscription.{{{','.join(QOS_OVERRIDE_POLICIES)}}}` | any | per policy | "
                 "sensor data (best effort, keep last 5) | Per-input-topic QoS override (rclpy QoSOverridingOptions), "
                 "read-only, from the parameter file. |")
@@ -311,7 +393,7 @@ def markdown_table(specs: tuple[ParamSpec, ...] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``occ_audit_params --markdown``: print the perception node's parameter table (docs/ros_node.md)."""
+    """``occ_audit_params --markdown``: print the perception node's parameter table (docs/nodes/perception_node.md)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="occ_audit_params", description=main.__doc__)

@@ -1,7 +1,7 @@
 """CLIP relevancy maps (Chefer et al. gradient-weighted attention on the last ViT block), ROS-free.
 
-Semantic Abstraction (Ha & Song, CoRL 2022, Sec. 3.1 and App. 6.3; design notes
-``semantic_abstraction.md`` Sec. 2) turns (image, label set) into one relevancy map per label:
+Semantic Abstraction (Ha & Song, CoRL 2022, Sec. 3.1 and App. 6.3; released code ``CLIP/clip/clip_gradcam.py``)
+turns (image, label set) into one relevancy map per label:
 
 * for each label l: logit_l = 100 * cos(f_img(crop), f_txt(prompt(l)));
 * on the last ViT block: A = attention probabilities (heads x T x T), G = d logit_l / d A,

@@ -58,12 +58,14 @@ class ApproximateSynchronizer:
             return {k: m for k, (_, m) in chosen.items()}
 
 
-#: nuScenes camera rate [Hz] and the default cross-camera slop derived from it: below half the
-#: 83.3 ms camera period, so a window of +-slop around a set's centre holds at most one frame per
-#: camera. nuScenes' six cameras fire within ~43 ms of each other (they trigger as the 20 Hz
-#: LiDAR sweeps past them), which fits in the +-40 ms window.
+#: nuScenes camera rate [Hz] and the default cross-camera slop derived from it. The slop is the
+#: half-width of a set's window (every stamp within +-slop of the set's centre). nuScenes' six
+#: cameras fire within ~43 ms of each other (they trigger as the 20 Hz LiDAR sweeps past them), so
+#: the window must be wider than that; at 0.03 s (below half the 83.3 ms period) the 60 ms window
+#: holds at most one frame per camera, and a set whose first cameras were lost reaches into the
+#: next rig frame only when the first three cameras of a frame are all lost.
 NUSCENES_CAMERA_HZ = 12.0
-DEFAULT_SLOP_S = 0.04
+DEFAULT_SLOP_S = 0.03
 #: Default per-camera tolerance between image, camera_info and depth stamps [s] (exact in bags
 #: and from drivers; 1 ms absorbs drivers that stamp the info separately).
 DEFAULT_TOLERANCE_S = 0.001
@@ -106,8 +108,11 @@ class MultiCameraSynchronizer:
     left out (and named in :attr:`SyncedSet.missing`) once it is known not to come: the camera has
     already completed a later frame (this one was lost), it has been silent for ``timeout_ns``, or
     the newest stamp seen on any stream is ``timeout_ns`` past ``p``. Sets with fewer than
-    ``min_cameras`` cameras are dropped (counted in :attr:`dropped`). Stamps going backwards on a
-    stream (bag loop, replay restart) reset that camera.
+    ``min_cameras`` cameras are dropped (counted in :attr:`dropped`). A camera frame that completes
+    after a set covering its stamp went out without it (a late frame: the timeout had passed) is
+    discarded and counted in :attr:`late_frames`, so it never forms a second set at that stamp; with
+    ``slop_ns`` below half the camera period a window never reaches a camera's next frame. Stamps
+    going backwards on a stream (bag loop, replay restart) reset that camera and the emitted window.
 
     Time is stream time: the newest stamp seen; :meth:`poll` advances it from a clock (so the last
     set of a stream that stopped is still emitted).
@@ -152,10 +157,13 @@ class MultiCameraSynchronizer:
         self._newest_complete: dict[Hashable, int] = {}
         self._now = None
         self._start = None  # first stamp seen: a camera never heard from is silent from here
+        self._emitted_until = None  # upper end of the last emitted (or dropped) set's window [ns]
         #: Sets dropped for having fewer than ``min_cameras`` cameras.
         self.dropped = 0
         #: Camera frames discarded incomplete (a message of theirs never came).
         self.incomplete_frames = 0
+        #: Complete camera frames discarded because a set covering their stamp was already emitted.
+        self.late_frames = 0
 
     def add(self, camera: Hashable, kind: Hashable, stamp_ns: int, msg: Any) -> list[SyncedSet]:
         """Add one message; returns the sets it completes (oldest first, often empty).
@@ -172,6 +180,7 @@ class MultiCameraSynchronizer:
             last = self._last_stream.get((camera, kind))
             if last is not None and stamp_ns < last:
                 self._reset_camera(camera)  # time went backwards on this stream: start over
+                self._emitted_until = None
             self._last_stream[(camera, kind)] = stamp_ns
             self._last_seen[camera] = max(self._last_seen.get(camera, stamp_ns), stamp_ns)
             self._now = stamp_ns if self._now is None or self._now < stamp_ns else self._now
@@ -188,6 +197,11 @@ class MultiCameraSynchronizer:
                 self._start = self._now
             return self._emit()
 
+    @property
+    def now_ns(self) -> int | None:
+        """Stream time: the newest stamp seen (or polled) [ns]; None before the first message."""
+        return self._now
+
     def silent_cameras(self, now_ns: int | None = None) -> list[Hashable]:
         """Cameras with no message within ``timeout_ns`` of ``now_ns`` (default: stream time)."""
         now = self._now if now_ns is None else now_ns
@@ -200,7 +214,7 @@ class MultiCameraSynchronizer:
         with self._lock:
             for c in self.cameras:
                 self._reset_camera(c)
-            self._now = self._start = None
+            self._now = self._start = self._emitted_until = None
 
     # ------------------------------------------------------------------ internals
 
@@ -222,7 +236,7 @@ class MultiCameraSynchronizer:
                     self.incomplete_frames += i
                     del groups[: i + 1]
                     newest = self._newest_complete.get(camera)
-                    if newest is None or group[0] > newest:
+                    if newest is None or group[0] >= newest:  # a resend of the same stamp counts again
                         self._complete[camera].append((group[0], {k: m for k, (_, m) in group[1].items()}))
                         self._newest_complete[camera] = group[0]
                 return
@@ -242,6 +256,11 @@ class MultiCameraSynchronizer:
         out = []
         window = 2 * self.slop_ns
         while True:
+            if self._emitted_until is not None:
+                for q in self._complete.values():
+                    while q and q[0][0] <= self._emitted_until:
+                        q.popleft()
+                        self.late_frames += 1
             heads = [q[0][0] for q in self._complete.values() if q]
             if not heads:
                 return out
@@ -267,6 +286,7 @@ class MultiCameraSynchronizer:
                 q = self._complete[cam]
                 while q and q[0][0] <= stamp:
                     q.popleft()
+            self._emitted_until = p + window
             if len(chosen) >= self.min_cameras:
                 out.append(SyncedSet({c: m for c, (_, m) in chosen.items()},
                                      {c: s for c, (s, _) in chosen.items()}, tuple(missing)))

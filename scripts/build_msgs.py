@@ -14,8 +14,9 @@ scripts/tf2_msgs/ (only when `import tf2_msgs.msg` does not already work), build
 build/msgs/<package>/ and copies the results to where the venv finds them without any
 environment variable:
 
-* occ_audit_ros/msg/*.py and occ_audit_ros/occ_audit_ros_s__rosidl_typesupport_*.so: into the
-  source package, so `from occ_audit_ros.msg import ...` works from the repo or an editable
+* occ_audit_ros/msg/*.py, occ_audit_ros/srv/*.py (from srv/*.srv) and
+  occ_audit_ros/occ_audit_ros_s__rosidl_typesupport_*.so: into the source package, so
+  `from occ_audit_ros.msg import ...` (and `.srv`) works from the repo or an editable
   install (both paths are ignored by git);
 * tf2_msgs/: into the venv's site-packages;
 * the message libraries lib<package>__rosidl_*.so: into <venv>/lib, next to the wheels' own
@@ -84,7 +85,7 @@ BUILD_REQUIREMENTS = {
 # with "Imported target ... includes non-existent path" when such a target is linked, so at the
 # end of configuration every missing Python/NumPy include directory of an imported target is
 # replaced with this venv's. This changes the targets in this build only; the wheels' files are
-# left as they are.
+# left as they are. scripts/colcon_check.py passes the same file to its colcon build.
 FIXUPS_CMAKE = """\
 # Written by scripts/build_msgs.py (see FIXUPS_CMAKE there for why); do not edit.
 include_guard(GLOBAL)
@@ -176,7 +177,7 @@ class Package:
 
 
 def occ_audit_ros_package() -> Package:
-    inputs = sorted((REPO_ROOT / "msg").glob("*.msg"))
+    inputs = sorted((REPO_ROOT / "msg").glob("*.msg")) + sorted((REPO_ROOT / "srv").glob("*.srv"))
     inputs += [REPO_ROOT / "CMakeLists.txt", REPO_ROOT / "package.xml", Path(__file__).resolve()]
     return Package(
         name="occ_audit_ros",
@@ -430,6 +431,13 @@ def copy_outputs(package: Package) -> list[Path]:
     for src in py_files:
         copy_atomic(src, msg_dst / src.name)
         outputs.append(msg_dst / src.name)
+    # srv/ (services, from srv/*.srv) the same way; a package without services has none.
+    srv_src, srv_dst = generated / "srv", package.python_dir / "srv"
+    remove_path(srv_dst)
+    srv_files = sorted(srv_src.glob("*.py"))
+    for src in srv_files:
+        copy_atomic(src, srv_dst / src.name)
+        outputs.append(srv_dst / src.name)
 
     if package.copy_package_init:
         copy_atomic(generated / "__init__.py", package.python_dir / "__init__.py")
@@ -451,7 +459,8 @@ def copy_outputs(package: Package) -> list[Path]:
 
     log(
         f"{package.name}: {len(py_files)} Python files -> {rel(msg_dst)}/, "
-        f"{len(extensions)} extension modules -> {rel(package.python_dir)}/, "
+        + (f"{len(srv_files)} -> {rel(srv_dst)}/, " if srv_files else "")
+        + f"{len(extensions)} extension modules -> {rel(package.python_dir)}/, "
         f"{len(libraries)} libraries -> {rel(PREFIX_LIB)}/"
     )
     return outputs
@@ -497,6 +506,7 @@ def clean() -> None:
         log(f"removed {len(outputs)} outputs of {stamp_path.name.split('.')[0]}")
     # Also when the stamps are gone: the generated parts of the source package, and our tf2_msgs.
     remove_path(REPO_ROOT / "occ_audit_ros" / "msg")
+    remove_path(REPO_ROOT / "occ_audit_ros" / "srv")
     for so in (REPO_ROOT / "occ_audit_ros").glob("occ_audit_ros_s__*.so"):
         so.unlink()
     for lib in PREFIX_LIB.glob("libocc_audit_ros__*.so"):

@@ -87,7 +87,7 @@ COLCON_TEST_ADDOPTS = " ".join(["-p no:dash"] + [f"--deselect=test/unit/{test}" 
 )])
 
 #: Folders installed to share/occ_audit_ros/ by CMakeLists.txt whose every file must be there.
-SHARE_DIRS = ("launch", "config", "models", "data", "msg")
+SHARE_DIRS = ("launch", "config", "models", "data", "msg", "srv")
 #: Files the RViz and launch users open by name.
 REQUIRED_SHARE_FILES = ("package.xml", "config/rviz/occ_audit.rviz", "config/perception.yaml")
 #: A string in a config file names a shipped file when it starts with one of these folders.
@@ -101,10 +101,12 @@ class CheckError(RuntimeError):
 
 
 def log(message: str) -> None:
+    """Print one progress line, prefixed ``[colcon_check]``."""
     print(f"[colcon_check] {message}", flush=True)
 
 
 def rel(path: Path) -> str:
+    """``path`` relative to the repo root when inside it, else as given (for report lines)."""
     try:
         return str(Path(path).relative_to(REPO_ROOT))
     except ValueError:
@@ -150,6 +152,11 @@ def build_environment(colcon: Path) -> dict[str, str]:
     env["PATH"] = f"{colcon.parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    # Tests over the shared data tree find it through OCC_AUDIT_SHARED: the installed package's
+    # default (<repo>/../shared) points next to site-packages.
+    shared = REPO_ROOT.parent / "shared"
+    if "OCC_AUDIT_SHARED" not in env and shared.is_dir():
+        env["OCC_AUDIT_SHARED"] = str(shared)
     if venv_mode():
         # Only this venv's ROS packages, also when a ROS 2 setup.bash has been sourced; the colcon
         # venv adds ament_cmake_pytest.
@@ -207,6 +214,11 @@ def write_fixups(path: Path) -> Path:
 
 
 def run_colcon(args: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> None:
+    """Run one colcon command with its output in ``log_path``.
+
+    Raises:
+        CheckError: on a non-zero exit (the log's tail is printed to stderr).
+    """
     with open(log_path, "w") as log_file:
         log_file.write(f"$ {' '.join(args)}\n")
         log_file.flush()
@@ -246,6 +258,7 @@ def test_results(workspace: Path) -> dict:
 
 
 def install_prefix(workspace: Path) -> Path:
+    """The package's prefix in ``workspace`` (colcon's default isolated layout)."""
     return workspace / "install" / PACKAGE
 
 
@@ -278,6 +291,8 @@ def run_python_environment(workspace: Path) -> dict[str, str]:
         parts = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(parts + [p for p in extra if p not in parts])
         env["_ROS_WHEELS_BOOTSTRAP_COMPLETE"] = "1"
+        # the executables' `#!/usr/bin/env python3` is this venv's Python
+        env["PATH"] = os.pathsep.join([str(Path(sys.prefix) / "bin"), env.get("PATH", "")])
     env.setdefault("HF_HUB_OFFLINE", "1")
     return env
 
@@ -375,8 +390,25 @@ def check_install(workspace: Path, source: Path | None = None) -> tuple[list[str
     executables = sorted(p.name for p in (source / "scripts" / "ros_executables").iterdir() if p.is_file())
     missing_exe = [n for n in executables if not os.access(prefix / "lib" / PACKAGE / n, os.X_OK)]
     problems += [f"executable lib/{PACKAGE}/{n} missing or not executable" for n in missing_exe]
-    report.append(f"lib/{PACKAGE}/: {len(executables) - len(missing_exe)}/{len(executables)} executables "
-                  f"({', '.join(executables)})")
+    env = run_python_environment(workspace)
+    helped = []
+    with tempfile.TemporaryDirectory(prefix="occ_colcon_check_") as cwd:
+        for name in executables:
+            if name in missing_exe:
+                continue
+            try:
+                result = subprocess.run([str(prefix / "lib" / PACKAGE / name), "--help"], cwd=cwd, env=env,
+                                        capture_output=True, text=True, timeout=300)
+            except subprocess.TimeoutExpired:
+                problems.append(f"lib/{PACKAGE}/{name} --help did not finish within 300 s")
+                continue
+            if result.returncode == 0 and "usage" in result.stdout.lower():
+                helped.append(name)
+            else:
+                problems.append(f"lib/{PACKAGE}/{name} --help failed (exit {result.returncode}): "
+                                f"{(result.stderr or result.stdout)[-1500:]}")
+    report.append(f"lib/{PACKAGE}/: {len(executables) - len(missing_exe)}/{len(executables)} executables, "
+                  f"{len(helped)} answer --help from the install ({', '.join(executables)})")
 
     for name in REQUIRED_SHARE_FILES:
         if not (share / name).is_file():
@@ -392,6 +424,8 @@ def check_install(workspace: Path, source: Path | None = None) -> tuple[list[str
             elif dst.stat().st_size != src.stat().st_size or dst.read_bytes() != src.read_bytes():
                 differ += 1
                 problems.append(f"share/{PACKAGE}/{src.relative_to(source)} differs from the source")
+        if not files and folder == "srv":
+            continue  # a package without services
         size = sum(p.stat().st_size for p in files)
         report.append(f"share/{PACKAGE}/{folder}/: {len(files) - missing - differ}/{len(files)} files "
                       f"identical ({size / 1e6:.1f} MB)")
@@ -411,7 +445,6 @@ def check_install(workspace: Path, source: Path | None = None) -> tuple[list[str
     problems += config_problems
     code_refs = code_references(source / PACKAGE)
     refs = sorted(set(config_refs) | set(code_refs))
-    env = run_python_environment(workspace)
     with tempfile.TemporaryDirectory(prefix="occ_colcon_check_") as cwd:
         result = subprocess.run([sys.executable, "-c", _RESOLVE_SNIPPET, json.dumps(refs)], cwd=cwd, env=env,
                                 capture_output=True, text=True, timeout=300)
@@ -499,6 +532,7 @@ def workspace_lock(workspace: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit status (0: built, tested and checked)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE, help="workspace (recreated)")
     parser.add_argument("--colcon", type=Path, default=None,

@@ -25,7 +25,8 @@ Set-up (outside the repository; the released code needs ``torch_scatter``, ``tor
     python3 -m venv /tmp/upstream_venv
     /tmp/upstream_venv/bin/pip install torch==2.13.0 numpy==1.26.4 torchtyping "typeguard<3"
     /tmp/upstream_venv/bin/pip install --no-build-isolation torch-scatter==2.1.2   # compiles (minutes)
-    /tmp/upstream_venv/bin/python scripts/make_semabs_golden.py --upstream /tmp/upstream_semabs \\
+    PYTHONPATH=/tmp/upstream_semabs /tmp/upstream_venv/bin/python scripts/make_semabs_golden.py \\
+        --upstream /tmp/upstream_semabs \\
         --out test/data/semabs_golden
 
 ``net.py`` imports ``CLIP.clip`` (torchvision, ftfy, ...) only for ``ClipWrapper``, which the two
@@ -131,8 +132,12 @@ def main(argv=None) -> int:
     upstream = a.upstream.resolve()
     if not (upstream / "net.py").is_file():
         ap.error(f"{upstream} has no net.py")
-    # net.py imports its siblings by top-level name, so the checkout goes on the module path.
-    sys.path.insert(0, str(upstream))
+    # net.py imports its siblings by top-level name, so the checkout must be on PYTHONPATH.
+    import importlib.util
+
+    spec = importlib.util.find_spec("net")
+    if spec is None or spec.origin is None or Path(spec.origin).resolve() != upstream / "net.py":
+        ap.error(f"run with PYTHONPATH={upstream} so that upstream's net.py and its siblings import")
     clip_pkg = types.ModuleType("CLIP")
     clip_mod = types.ModuleType("CLIP.clip")
     clip_mod.ClipWrapper = None  # only SemanticAwareVOOL uses it

@@ -35,7 +35,9 @@ from occ_audit_ros.nodes.conversions import matrix_to_transform, ns_to_stamp, nu
 #: Kinds of malformation produced by :func:`malformed_messages` (the fuzz report counts each).
 MALFORMATIONS = ("wrong_encoding", "image_size_mismatch", "depth_size_mismatch", "nan_inf_depth", "zero_size_image",
                  "truncated_data", "bad_intrinsics", "unknown_frame", "stamp_out_of_order", "stamp_far_future",
-                 "depth_as_colour", "bad_tf")
+                 "depth_as_colour", "bad_tf", "unregistered_depth")
+#: Malformations whose data is still valid: a published grid without a warning is right for them.
+VALID_DATA = ("stamp_out_of_order",)
 #: Far-future stamp used by the fuzzer [ns]: 2036-07-18 (near the int32 seconds limit of builtin_interfaces/Time).
 FAR_FUTURE_NS = 2_100_000_000 * 1_000_000_000
 
@@ -145,6 +147,8 @@ def malformed_messages(good: Frame, seed: int = 0, start_ns: int = 2_000_000_000
             f = good.restamped(FAR_FUTURE_NS + int(rng.integers(0, 10**9)))
         elif kind == "depth_as_colour":
             f.depth.encoding = "rgb8"
+        elif kind == "unregistered_depth":
+            f.depth.header.frame_id = str(rng.choice(["lidar_top", "cam_front_depth_optical", "base_link"]))
         yield kind, {"info": f.info, "depth": f.depth, "image": f.image}
 
 
@@ -227,6 +231,17 @@ def wait_until(pred, timeout_s: float = 30.0, period_s: float = 0.02) -> bool:
     return bool(pred())
 
 
+def _decodes(image) -> bool:
+    """True when the node's image conversion accepts ``image`` (then it is valid input)."""
+    from occ_audit_ros.nodes.conversions import rgb_from_image_msg
+
+    try:
+        rgb_from_image_msg(image)
+        return True
+    except ValueError:
+        return False
+
+
 def run_fuzz(node, driver: InputDriver, good: Frame, n_items: int, seed: int = 1) -> dict:
     """Send ``n_items`` items of :func:`malformed_messages` to ``node`` through ``driver``.
 
@@ -234,20 +249,37 @@ def run_fuzz(node, driver: InputDriver, good: Frame, n_items: int, seed: int = 1
     policy: after each item, wait (<= 0.5 s) for its camera messages to arrive and for the worker to
     take the set.
 
+    A *silent output* is an item of a malformation outside :data:`VALID_DATA` whose frame was
+    published while the node counted no warning (logged or suppressed), skip or rejection for it:
+    bad input turned into a grid without a word. A ``wrong_encoding`` image whose encoding the
+    node decodes (yuv422, Bayer: self-consistent messages) counts as valid data.
+
     Returns:
-        ``{"items", "messages", "seconds", "kinds": {malformation: count}}``.
+        ``{"items", "messages", "seconds", "kinds": {malformation: count}, "silent": {malformation: count}}``.
     """
+    def noticed() -> int:
+        c = node.counters
+        return sum(n[0] + n[1] for n in node.warn_counts.values()) + c["skipped"] + c["rejected_msgs"]
+
     t0 = time.monotonic()
     sent_before = driver.sent
     kinds: dict[str, int] = {}
+    silent: dict[str, int] = {}
     for _, (kind, msgs) in zip(range(n_items), malformed_messages(good, seed=seed)):
         arrived = sum(node.stream_counts.values())
+        processed, seen = node.counters["processed"], noticed()
         driver.send(msgs)
         kinds[kind] = kinds.get(kind, 0) + 1
         n_cam = len([k for k in msgs if k != "tf"])
         wait_until(lambda: sum(node.stream_counts.values()) >= arrived + n_cam, 0.5, 0.001)
         wait_until(lambda: node._pending is None, 1.0, 0.001)
-    return {"items": n_items, "messages": driver.sent - sent_before, "seconds": time.monotonic() - t0, "kinds": kinds}
+        c = node.counters
+        wait_until(lambda: c["received_sets"] <= c["processed"] + c["dropped"] + c["skipped"], 1.0, 0.001)
+        valid = kind in VALID_DATA or (kind == "wrong_encoding" and _decodes(msgs["image"]))
+        if not valid and node.counters["processed"] > processed and noticed() == seen:
+            silent[kind] = silent.get(kind, 0) + 1
+    return {"items": n_items, "messages": driver.sent - sent_before, "seconds": time.monotonic() - t0, "kinds": kinds,
+            "silent": silent}
 
 
 def run_soak(node, driver: InputDriver, good: Frame, n_msgs: int, pace_s: float = 0.03,

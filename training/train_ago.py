@@ -38,7 +38,8 @@ from occ_audit_ros.paths import REPO_ROOT as REPO  # noqa: E402
 
 from occ_audit_ros.config_overrides import apply_overrides  # noqa: E402
 from occ_audit_ros.devices import resolve_device  # noqa: E402
-from occ_audit_ros.ago.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from occ_audit_ros.ago.checkpoint import (latest_checkpoint, load_checkpoint, read_train_state,  # noqa: E402
+                                          remove_stale_temporaries, save_checkpoint)
 from occ_audit_ros.ago.classes import load_class_config  # noqa: E402
 from training.ago.data import collate, load_samples, load_samples_file, training_vocabulary  # noqa: E402
 from training.ago.metrics import OccConfusion, occ3d_table  # noqa: E402
@@ -236,7 +237,8 @@ def trunk_features(model, images, geoms, depth=None) -> torch.Tensor:
 def save_feature_cache(path, model, samples, meta: dict | None = None, batch_size: int = 4) -> Path:
     """Write the voxel features of ``samples`` (:func:`trunk_features`) to one safetensors file,
     atomically: per sample ``<i>/feats`` (hidden, X, Y, Z) float16, ``<i>/semantics`` uint8 Occ3D
-    labels, ``<i>/mask_camera`` uint8; tokens and ``meta`` as JSON metadata. Read by
+    labels, ``<i>/mask_camera`` uint8, ``<i>/seen`` uint8 (seen by a camera: the voxel set L_align
+    uses); tokens and ``meta`` as JSON metadata. Read by
     :func:`load_feature_samples` (``data.features_file``).
 
     Raises:
@@ -260,6 +262,7 @@ def save_feature_cache(path, model, samples, meta: dict | None = None, batch_siz
             tensors[f"{i}/feats"] = feats[j].to(torch.float16).contiguous()
             tensors[f"{i}/semantics"] = s.semantics.cpu().to(torch.uint8).contiguous()
             tensors[f"{i}/mask_camera"] = s.mask_camera.cpu().to(torch.uint8).contiguous()
+            tensors[f"{i}/seen"] = s.geom.valid.any(0).reshape(s.semantics.shape).cpu().to(torch.uint8).contiguous()
             tokens.append(s.token)
     model.train(was)
     path = Path(path)
@@ -271,7 +274,9 @@ def save_feature_cache(path, model, samples, meta: dict | None = None, batch_siz
 
 def load_feature_samples(path, spec: VoxelGridSpec | None = None) -> list:
     """Samples of a :func:`save_feature_cache` file as :class:`AgoSample` whose ``images`` are the
-    cached features (hidden, X, Y, Z) float32, ``depth`` an empty tensor and ``geom`` None.
+    cached features (hidden, X, Y, Z) float32, ``depth`` an empty tensor and ``geom`` a
+    :class:`LiftGeometry` holding only the camera visibility (``valid`` (1, V) = seen by any camera;
+    no projections), or None for a file without it.
 
     Raises:
         FileNotFoundError: no file; ValueError: not a feature file, or a grid other than ``spec``'s.
@@ -292,9 +297,81 @@ def load_feature_samples(path, spec: VoxelGridSpec | None = None) -> list:
             sem = f.get_tensor(f"{i}/semantics").long()
             if spec is not None and tuple(sem.shape) != tuple(spec.dims):
                 raise ValueError(f"{path}: sample {i} grid {tuple(sem.shape)} != {spec.dims}")
-            out.append(AgoSample(tok, f.get_tensor(f"{i}/feats").float(), torch.zeros(0), None, sem,
+            geom = None
+            if f"{i}/seen" in f.keys():
+                from occ_audit_ros.ago.network import LiftGeometry
+
+                geom = LiftGeometry(torch.zeros(1, 0, 2), f.get_tensor(f"{i}/seen").bool().reshape(1, -1),
+                                    torch.zeros(1, 0), tuple(sem.shape))
+            out.append(AgoSample(tok, f.get_tensor(f"{i}/feats").float(), torch.zeros(0), geom, sem,
                                  f.get_tensor(f"{i}/mask_camera").bool(), None))
     return out
+
+
+def rng_states(batch_rng: np.random.Generator, sampler=None, align_target=None) -> dict:
+    """Every RNG the training loop draws from, as JSON: the batch sampler's numpy generator, the noise
+    sampler's (``NoiseSampler.rng``), the oracle aligner's torch generator, torch's CPU and CUDA
+    generators (dropout, ...) and Python's ``random``; restored by :func:`restore_rng_states` so a
+    resumed run draws exactly what an uninterrupted one would."""
+    import base64
+    import random
+
+    def tensor_b64(t: torch.Tensor) -> str:
+        return base64.b64encode(t.cpu().numpy().tobytes()).decode()
+
+    gen = getattr(align_target, "gen", None)
+    return {"batch": batch_rng.bit_generator.state,
+            "noise": sampler.rng.bit_generator.state if sampler is not None else None,
+            "align": tensor_b64(gen.get_state()) if gen is not None else None,
+            "torch": tensor_b64(torch.get_rng_state()),
+            "cuda": [tensor_b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+
+
+def restore_rng_states(state: dict, batch_rng: np.random.Generator, sampler=None, align_target=None,
+                       device=None) -> None:
+    """Set the generators of :func:`rng_states` back to ``state`` (a missing entry is left as seeded);
+    ``device``: where the oracle aligner draws (its generator is created there first)."""
+    import base64
+    import random
+
+    def b64_tensor(text: str) -> torch.Tensor:
+        return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype=np.uint8).copy())
+
+    if state.get("batch"):
+        batch_rng.bit_generator.state = state["batch"]
+    if state.get("noise") and sampler is not None:
+        sampler.rng.bit_generator.state = state["noise"]
+    if state.get("align") and align_target is not None:
+        align_target._on(torch.device(device) if device is not None else torch.device("cpu"))  # creates .gen
+        align_target.gen.set_state(b64_tensor(state["align"]))
+    if state.get("torch"):
+        torch.set_rng_state(b64_tensor(state["torch"]))
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([b64_tensor(s) for s in state["cuda"]])
+    if state.get("python"):
+        v, internal, gauss = state["python"]
+        random.setstate((v, tuple(internal), gauss))
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop the log lines of steps after ``step`` (written after the checkpoint a run resumes from), so
+    the resumed run's lines do not repeat them; atomic rewrite."""
+    if not log_path.is_file():
+        return
+    from occ_audit_ros.atomic import write_bytes_atomic
+
+    lines = log_path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["step"]) > step:
+                continue
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line of a killed run
+        keep.append(line)
+    if keep != lines:
+        write_bytes_atomic(log_path, "".join(keep).encode())
 
 
 def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = True, callback=None) -> dict:
@@ -322,8 +399,8 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
     :func:`save_feature_cache` file and the network by its last layer.
 
     Raises:
-        ValueError: inconsistent config (alignment without a shared CLIP space, or alignment in
-            cached-feature mode, which has no camera geometry).
+        ValueError: inconsistent config (alignment without a shared CLIP space, CLIP alignment in
+            cached-feature mode, or oracle alignment on a feature file without camera visibility).
     """
     rank, world = _dist_setup()
     device = resolve_device(cfg.get("device", "auto"))
@@ -336,8 +413,9 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
     align_enc = align_target = None
     acfg = cfg.get("align", {}) or {}
     source = acfg.get("source", "clip")
-    if acfg.get("enabled") and cfg["data"].get("features_file"):
-        raise ValueError("align.enabled needs camera geometry; data.features_file (cached features) has none")
+    if acfg.get("enabled") and cfg["data"].get("features_file") and source != "oracle":
+        raise ValueError("align.source 'clip' needs the images; with data.features_file (cached features) "
+                         "only align.source 'oracle' works")
     if acfg.get("enabled") and source == "oracle":
         from training.ago.oracle_vlm import OracleVoxelVLM
 
@@ -366,6 +444,9 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
         dist.barrier()
     if samples is None:
         samples = _load()
+    if align_target is not None and any(s.geom is None for s in samples):
+        raise ValueError(f"L_align needs each sample's camera visibility; {d.get('features_file')} has none "
+                         "(rewrite it with save_feature_cache)")
     samples = [sample_to(s, device) for s in samples]
     sampler = None
     if cfg.get("noise", {}).get("enabled", True):
@@ -373,8 +454,12 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
                                seed=cfg.get("seed", 0) * 1000 + rank, pool_size=cfg["noise"].get("pool_size"))
     opt = torch.optim.AdamW(model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
     step = 0
+    resumed_from = None
+    if rank == 0:
+        remove_stale_temporaries(out)  # of a save killed mid-way
     if resume and (ck := latest_checkpoint(out)) is not None:
         step = int(load_checkpoint(ck, model, opt)["step"])
+        resumed_from = ck
     ddp = model
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(
@@ -384,6 +469,10 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
             "image_hw": list(samples[0].images.shape[-2:])}
     log_path = out / "log.jsonl"
     rng = np.random.default_rng(cfg.get("seed", 0) + 7919 * rank)
+    if resumed_from is not None:  # rank 0's generators are saved; other ranks restart theirs from the seed
+        if rank == 0:
+            restore_rng_states(read_train_state(resumed_from).get("rng", {}), rng, sampler, align_target, device)
+            _truncate_log(log_path, step)
     n_noise = cfg.get("noise", {}).get("count") or len(bank.token_cat)
     from tqdm import tqdm
 
@@ -430,12 +519,14 @@ def train(cfg: dict, extra_losses=None, resume: bool = True, progress: bool = Tr
                 with log_path.open("a") as f:
                     f.write(json.dumps({"step": step, "lr": lr_at(step - 1, o), **losses, **(extra or {})}) + "\n")
             if step % cfg.get("checkpoint_every", 50) == 0 or step == o["steps"]:
-                save_checkpoint(out, step, model, opt, meta)
+                save_checkpoint(out, step, model, opt, meta,
+                                train_state={"rng": rng_states(rng, sampler, align_target)})
     bar.close()
     if rank == 0:
         ck = latest_checkpoint(out)
         if stopped_early and (ck is None or ck.name != f"ckpt-{step:06d}"):
-            save_checkpoint(out, step, model, opt, meta)
+            save_checkpoint(out, step, model, opt, meta,
+                                train_state={"rng": rng_states(rng, sampler, align_target)})
         text.save(only_if_changed=True)
     if world > 1:
         dist.barrier()

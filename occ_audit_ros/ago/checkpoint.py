@@ -5,12 +5,14 @@ Layout of a run directory::
     <out>/ckpt-000100/model.safetensors        model weights; metadata "ago" = JSON (config, step,
                                                vocabulary, text encoder, grid, embed_dim)
     <out>/ckpt-000100/train_state.safetensors  optimizer tensors; metadata = JSON (param groups,
-                                               non-tensor state, step)
+                                               non-tensor state, step, ``train_state``: the
+                                               trainer's own resumable state, e.g. RNG states)
     <out>/latest                               name of the newest complete checkpoint directory
 
 A checkpoint directory is written under a temporary name and renamed when complete; ``latest`` is
 replaced atomically after it (temp + ``os.replace``), so a crash never leaves a half checkpoint
-behind ``latest``.
+behind ``latest``. A writer killed mid-way leaves ``.ckpt-tmp-*`` / ``.latest-*`` behind;
+:func:`remove_stale_temporaries` removes them on the next start.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "read_metadata"]
+__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "read_metadata", "read_train_state",
+           "remove_stale_temporaries"]
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict, dict]:
@@ -48,7 +51,7 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
 
 
 def save_checkpoint(out_dir, step: int, model: torch.nn.Module, optimizer=None, meta: dict | None = None,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, train_state: dict | None = None) -> Path:
     """Write ``<out_dir>/ckpt-<step>`` atomically and point ``latest`` at it.
 
     Args:
@@ -58,6 +61,8 @@ def save_checkpoint(out_dir, step: int, model: torch.nn.Module, optimizer=None, 
         optimizer: optional optimizer whose state is saved for resuming.
         meta: JSON-serialisable description (config, vocabulary, ...) stored in the model file.
         keep: number of newest checkpoints kept.
+        train_state: JSON-serialisable trainer state (RNG states, ...) stored beside the optimizer
+            state (only with ``optimizer``); read back with :func:`read_train_state`.
 
     Returns:
         the checkpoint directory.
@@ -71,7 +76,8 @@ def save_checkpoint(out_dir, step: int, model: torch.nn.Module, optimizer=None, 
         save_file(sd, str(tmp / "model.safetensors"), metadata={"ago": json.dumps({**(meta or {}), "step": step})})
         if optimizer is not None:
             tensors, ometa = _flatten_optimizer(optimizer.state_dict())
-            save_file(tensors, str(tmp / "train_state.safetensors"), metadata={"state": json.dumps({**ometa, "step": step})})
+            ometa = {**ometa, "step": step, "train_state": train_state or {}}
+            save_file(tensors, str(tmp / "train_state.safetensors"), metadata={"state": json.dumps(ometa)})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -95,6 +101,29 @@ def latest_checkpoint(out_dir) -> Path | None:
         return None
     path = Path(out_dir) / ptr.read_text().strip()
     return path if (path / "model.safetensors").is_file() else None
+
+
+def read_train_state(ckpt_dir) -> dict:
+    """The ``train_state`` dict :func:`save_checkpoint` stored ({} when absent: older checkpoints,
+    no optimizer)."""
+    path = Path(ckpt_dir) / "train_state.safetensors"
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), "pt") as f:
+        return json.loads((f.metadata() or {}).get("state", "{}")).get("train_state", {}) or {}
+
+
+def remove_stale_temporaries(out_dir) -> int:
+    """Remove the ``.ckpt-tmp-*`` directories and ``.latest-*`` files a killed :func:`save_checkpoint`
+    left in ``out_dir`` (call at the start of the run that owns it). Returns how many were removed."""
+    n = 0
+    for p in list(Path(out_dir).glob(".ckpt-tmp-*")) + list(Path(out_dir).glob(".latest-*")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        n += 1
+    return n
 
 
 def read_metadata(ckpt_dir) -> dict:

@@ -813,7 +813,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         message type.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_arg_parser().parse_args(remove_ros_args(["bag_player", *argv])[1:])
+    parser = build_arg_parser()
+    try:
+        own = remove_ros_args(["bag_player", *argv])[1:]
+    except Exception as exc:  # noqa: BLE001 - rcl's parse errors (malformed --params-file YAML, bad --ros-args)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        print(f"bag_player: error: invalid ROS arguments or parameter file: {first}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(own)
+    # every argument checked before anything is opened (argparse's error: one line, exit status 2)
+    if args.rate is not None and not args.rate >= 0:
+        parser.error(f"--rate must be >= 0 (0 = as fast as possible), got {args.rate}")
+    if args.loop is not None and args.loop < 0:
+        parser.error(f"--loop must be >= 0 (0 = forever), got {args.loop}")
+    for name in ("delay", "wait_for_subscribers_timeout", "clock_rate", "ack_timeout", "progress_period"):
+        value = getattr(args, name)
+        if value is not None and not value >= 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    if args.qos_depth is not None and args.qos_depth < 1:
+        parser.error(f"--qos-depth must be >= 1, got {args.qos_depth}")
     params = {
         "bag": args.bag,
         "rate": 0.0 if args.as_fast_as_possible else args.rate,
@@ -830,7 +848,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ack_timeout": args.ack_timeout,
         "progress_period": args.progress_period,
     }
-    rclpy.init(args=["bag_player", *argv])
+    try:
+        rclpy.init(args=["bag_player", *argv])
+    except Exception as exc:  # noqa: BLE001 - rcl's parse errors (malformed --params-file YAML, bad --ros-args)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        print(f"bag_player: error: invalid ROS arguments or parameter file: {first}", file=sys.stderr)
+        return 2
     try:
         try:
             node = BagPlayer(**params)

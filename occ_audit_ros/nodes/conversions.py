@@ -38,6 +38,9 @@ from occ_audit_ros.palette import RANDOM_WEIGHTS_BANNER, label_palette
 from occ_audit_ros.voxel_grid import SemanticVoxels, VoxelGridSpec
 
 __all__ = [
+    "BAYER_ENCODINGS",
+    "YUV422_ENCODINGS",
+    "rgb_from_compressed_msg",
     "COLOR_ENCODINGS",
     "DEPTH_ENCODINGS",
     "POINT_DTYPE",
@@ -136,12 +139,85 @@ def _pixel_rows(msg: Image, bytes_per_pixel: int) -> np.ndarray:
     return data.reshape(height, step)[:, :row_bytes]
 
 
+#: YUV 4:2:2 encodings (sensor_msgs/image_encodings.h): encoding -> byte offsets of (Y0, U, Y1, V).
+YUV422_ENCODINGS: dict[str, tuple[int, int, int, int]] = {
+    "yuv422": (1, 0, 3, 2),  # UYVY
+    "uyvy": (1, 0, 3, 2),
+    "yuv422_yuy2": (0, 1, 2, 3),  # YUYV
+    "yuyv": (0, 1, 2, 3),
+}
+#: 8-bit Bayer encodings -> colour of the pixels (0, 0), (0, 1), (1, 0), (1, 1) of each 2 x 2 cell.
+BAYER_ENCODINGS: dict[str, str] = {"bayer_rggb8": "RGGB", "bayer_bggr8": "BGGR", "bayer_gbrg8": "GBRG",
+                                   "bayer_grbg8": "GRBG"}
+
+
+def _yuv422_to_rgb(msg: Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a YUV 4:2:2 image (ITU-R BT.601 limited range, as the ROS drivers)."""
+    if int(msg.width) % 2:
+        raise ValueError(f"{msg.encoding} image width {msg.width} is odd (4:2:2 pairs pixels)")
+    y0, u, y1, v = YUV422_ENCODINGS[msg.encoding]
+    rows = _pixel_rows(msg, 2).reshape(int(msg.height), int(msg.width) // 2, 4).astype(np.float32)
+    Y = np.stack([rows[..., y0], rows[..., y1]], axis=-1).reshape(int(msg.height), int(msg.width)) - 16.0
+    U = np.repeat(rows[..., u] - 128.0, 2, axis=1)
+    V = np.repeat(rows[..., v] - 128.0, 2, axis=1)
+    rgb = np.stack([1.164 * Y + 1.596 * V, 1.164 * Y - 0.392 * U - 0.813 * V, 1.164 * Y + 2.017 * U], axis=-1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def _bayer_to_rgb(msg: Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an 8-bit Bayer image: each 2 x 2 cell gives its R, mean G and B to its
+    four pixels (a nearest-neighbour demosaic: colours at half resolution, luminance edges kept)."""
+    h, w = int(msg.height), int(msg.width)
+    if h % 2 or w % 2:
+        raise ValueError(f"{msg.encoding} image size {w} x {h} is not even (2 x 2 Bayer cells)")
+    rows = _pixel_rows(msg, 1).astype(np.float32)
+    cells = {(i, j): rows[i::2, j::2] for i in (0, 1) for j in (0, 1)}
+    pattern = BAYER_ENCODINGS[msg.encoding]
+    where = {}
+    for k, colour in enumerate(pattern):
+        where.setdefault(colour, []).append(cells[(k // 2, k % 2)])
+    rgb = np.stack([np.mean(where[c], axis=0) for c in "RGB"], axis=-1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).repeat(2, axis=0).repeat(2, axis=1)
+
+
+def rgb_from_compressed_msg(msg: Any) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (JPEG or PNG, image_transport ``compressed``) -> RGB array.
+
+    Args:
+        msg: message whose ``data`` is a JPEG or PNG file (``format`` e.g. ``"jpeg"``, ``"png"`` or
+            ``"rgb8; jpeg compressed bgr8"``: the bytes decide, the colour order is the file's).
+
+    Returns:
+        (H, W, 3) uint8 RGB (Pillow decode; grey and palette images converted).
+
+    Raises:
+        ValueError: ``compressedDepth`` payloads, data that is neither JPEG nor PNG, or a file that
+            does not decode.
+    """
+    import io
+
+    from PIL import Image as PILImage, UnidentifiedImageError
+
+    data = bytes(msg.data)
+    fmt = str(msg.format)
+    if "compressedDepth" in fmt:
+        raise ValueError(f"CompressedImage format {fmt!r} is a depth image, not a colour image")
+    if not (data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n"):
+        raise ValueError(f"CompressedImage ({fmt!r}, {len(data)} B) holds neither JPEG nor PNG data")
+    try:
+        with PILImage.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"CompressedImage ({fmt!r}, {len(data)} B) does not decode: {exc}") from exc
+
+
 def rgb_from_image_msg(msg: Image) -> np.ndarray:
     """Colour ``sensor_msgs/Image`` -> RGB array.
 
     Args:
-        msg: image with encoding rgb8, bgr8, rgba8, bgra8 (alpha dropped) or mono8 (grey copied
-            to R, G and B); ``step`` may include row padding.
+        msg: image with encoding rgb8, bgr8, rgba8, bgra8 (alpha dropped), mono8 (grey copied
+            to R, G and B), yuv422 / uyvy, yuv422_yuy2 / yuyv (BT.601) or bayer_{rggb,bggr,gbrg,grbg}8
+            (nearest-neighbour 2 x 2 demosaic); ``step`` may include row padding.
 
     Returns:
         (H, W, 3) uint8 RGB, a fresh C-contiguous array (does not alias ``msg.data``).
@@ -150,11 +226,14 @@ def rgb_from_image_msg(msg: Image) -> np.ndarray:
         ValueError: on another encoding, a zero-size image, ``step < width * bytes_per_pixel``,
             or ``len(data) != height * step``.
     """
+    if msg.encoding in YUV422_ENCODINGS:
+        return _yuv422_to_rgb(msg)
+    if msg.encoding in BAYER_ENCODINGS:
+        return _bayer_to_rgb(msg)
     if msg.encoding not in COLOR_ENCODINGS:
         hint = " (a depth encoding: use depth_from_image_msg)" if msg.encoding in DEPTH_ENCODINGS else ""
-        raise ValueError(
-            f"unsupported colour encoding {msg.encoding!r}{hint}; supported: {sorted(COLOR_ENCODINGS)}"
-        )
+        supported = sorted(COLOR_ENCODINGS) + sorted(YUV422_ENCODINGS) + sorted(BAYER_ENCODINGS)
+        raise ValueError(f"unsupported colour encoding {msg.encoding!r}{hint}; supported: {supported}")
     channels, order = COLOR_ENCODINGS[msg.encoding]
     rows = _pixel_rows(msg, channels)
     pixels = rows.reshape(int(msg.height), int(msg.width), channels)
@@ -855,6 +934,8 @@ def hidden_object_to_msg(answer: Any, query: Any = None, msg_cls: type | None = 
     msg.probabilities = array.array("f", probs.tobytes())
     msg.model = str(answer.model)
     msg.random_weights = bool(answer.random_weights)
+    if hasattr(msg, "error"):  # the refusal reason (HiddenObjectResult.error); empty when answered
+        msg.error = str(answer.error or "")
     return msg
 
 

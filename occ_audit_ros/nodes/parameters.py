@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from occ_audit_ros.params import ParamSpec
 
-__all__ = ["ros_type", "declare_parameters", "overrides_from_kwargs"]
+__all__ = ["ros_type", "descriptor", "declare_parameters", "overrides_from_kwargs"]
 
 _ROS_TYPES = {"bool": Parameter.Type.BOOL, "integer": Parameter.Type.INTEGER, "double": Parameter.Type.DOUBLE,
               "string": Parameter.Type.STRING, "bool_array": Parameter.Type.BOOL_ARRAY,
@@ -27,21 +28,41 @@ def ros_type(spec: ParamSpec) -> Parameter.Type:
     return _ROS_TYPES[spec.type]
 
 
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The ``rcl_interfaces/ParameterDescriptor`` of ``spec``: description, read-only flag, and for a
+    scalar number with ``spec.range`` its ``FloatingPointRange`` / ``IntegerRange`` (inclusive, step 0;
+    ROS checks those on every set; ranges of list elements are checked by ``params.validate``)."""
+    desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    if spec.range is not None and spec.type == "double":
+        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]),
+                                                        to_value=float(spec.range[1]), step=0.0)]
+    elif spec.range is not None and spec.type == "integer":
+        desc.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=0)]
+    return desc
+
+
 def declare_parameters(node: Node, specs: Iterable[ParamSpec]) -> None:
-    """Declare every parameter of ``specs`` on ``node`` once, with its description and read-only flag.
+    """Declare every parameter of ``specs`` on ``node`` once, with its :func:`descriptor`.
 
     Overrides (``parameter_overrides``, ``--ros-args -p``, parameter files) win over the defaults as
     usual. Empty array defaults are declared typed-but-unset and then set to ``[]``, so reading
     them never raises ``ParameterUninitializedException``.
+
+    Raises:
+        ValueError: an override of the wrong type or outside its range (rclpy's parameter
+            exception, with the parameter's name).
     """
     for spec in specs:
-        descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
-        if isinstance(spec.default, list) and not spec.default:
-            node.declare_parameter(spec.name, ros_type(spec), descriptor)
-            if node.get_parameter_or(spec.name, None).type_ == Parameter.Type.NOT_SET:
-                node.set_parameters([Parameter(spec.name, ros_type(spec), [])])
-        else:
-            node.declare_parameter(spec.name, spec.default, descriptor)
+        desc = descriptor(spec)
+        try:
+            if isinstance(spec.default, list) and not spec.default:
+                node.declare_parameter(spec.name, ros_type(spec), desc)
+                if node.get_parameter_or(spec.name, None).type_ == Parameter.Type.NOT_SET:
+                    node.set_parameters([Parameter(spec.name, ros_type(spec), [])])
+            else:
+                node.declare_parameter(spec.name, spec.default, desc)
+        except ParameterException as err:
+            raise ValueError(f"parameter {spec.name}: {err}") from err
 
 
 def overrides_from_kwargs(specs: Iterable[ParamSpec], values: dict[str, Any]) -> list[Parameter]:

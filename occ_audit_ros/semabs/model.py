@@ -1,6 +1,6 @@
 """SemAbs networks: OVSSC completion and the VOOL localisation head (Ha & Song, CoRL 2022, Sec. 3.2-3.4).
 
-Data flow (design notes Sec. 3), per label (OVSSC) or per description (VOOL):
+Data flow (paper Sec. 3.2-3.4 and App. 6.2; released code ``net.py``), per label (OVSSC) or per description (VOOL):
 
 1. per-point encoder: MLP [x, y, z, r] (4) -> 128 -> 128 -> D (LeakyReLU between layers);
 2. scatter into a G^3 grid, max (``decoder_convention="ours"``) or mean (``"reference"``, as the

@@ -280,7 +280,7 @@ def lattice_points(workspace: Workspace, grid: int) -> np.ndarray:
 def frustum_mask(points: np.ndarray, K: np.ndarray, T_ws_cam: np.ndarray, image_size: Sequence[int]) -> np.ndarray:
     """(N,) bool: workspace points that project inside the image with positive depth.
 
-    SemAbs training ignores query points outside the camera frustum (design notes Sec. 4).
+    SemAbs training ignores query points outside the camera frustum (paper App. 6.4; the released training loss masks them).
 
     Args:
         points: (N, 3) in the workspace frame [m]; K: (3, 3); T_ws_cam: (4, 4) camera pose;

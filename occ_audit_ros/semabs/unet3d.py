@@ -1,6 +1,6 @@
 """Residual 3D U-Net (the ``ResidualUNet3D`` of pytorch-3dunet as used by Semantic Abstraction).
 
-Facts followed (design notes Sec. 3; Lee et al. 2017 arXiv:1706.00120 residual U-Net):
+Facts followed (paper App. 6.2 and the released ``unet3d.py``; Lee et al. 2017 arXiv:1706.00120 residual U-Net):
 
 * f_maps = f * 2^k for k < levels (SemAbs: f = 16, 6 levels -> 16 ... 512 channels);
 * every level is an ExtResNet block: conv1 (in -> out) whose output is the residual, conv2, conv3

@@ -265,7 +265,8 @@ def test_shipped_params_files_validate(model):
 
 
 #: Flattened ``ros__parameters`` of one full parameter file per model (every value of the base file with
-#: the model's changes written in): what the base file + ``config/models/<model>.yaml`` must reproduce.
+#: the model's changes written in, and the base's sync.* / input.* values): what the base file +
+#: ``config/models/<model>.yaml`` must reproduce.
 FULL_COPIES = {
     "semabs": {
         "clip_model": "openai/clip-vit-base-patch32", "device": "auto", "model": "semabs",
@@ -279,7 +280,8 @@ FULL_COPIES = {
         "semabs.ovssc_checkpoint": "models/semabs/ovssc_sim.safetensors",
         "semabs.vool_checkpoint": "models/semabs/vool_sim.safetensors", "semabs.camera": "CAM_FRONT",
         "semabs.workspace_center": [6.0, 0.0, 0.9], "semabs.num_points": 6000, "semabs.min_probability": 0.1,
-        "sync.slop_s": 0.1, "tf.tolerance_s": 0.1, "diagnostics.period_s": 1.0, "publish.markers": True,
+        "sync.slop_s": 0.03, "sync.tolerance_s": 0.001, "sync.timeout_s": 0.25, "input.image_transport": "raw",
+        "input.depth_topic": "depth", "tf.tolerance_s": 0.1, "diagnostics.period_s": 1.0, "publish.markers": True,
         "publish.points": True, "warn_period_s": 5.0},
     "ago": {
         "clip_model": "openai/clip-vit-base-patch32", "device": "auto", "model": "ago",
@@ -294,7 +296,8 @@ FULL_COPIES = {
         "semabs.ovssc_checkpoint": "models/semabs/ovssc_sim.safetensors",
         "semabs.vool_checkpoint": "models/semabs/vool_sim.safetensors", "semabs.camera": "CAM_FRONT",
         "semabs.workspace_center": [6.0, 0.0, 0.9], "semabs.num_points": 6000, "semabs.min_probability": 0.1,
-        "ago.checkpoint": "models/ago/closed_ground_sim", "ago.identifier": "entropy", "sync.slop_s": 0.1,
+        "ago.checkpoint": "models/ago/closed_ground_sim", "ago.identifier": "entropy", "sync.slop_s": 0.03,
+        "sync.tolerance_s": 0.001, "sync.timeout_s": 0.25, "input.image_transport": "raw", "input.depth_topic": "depth",
         "tf.tolerance_s": 0.1, "input.max_future_s": 30.0, "diagnostics.period_s": 1.0, "publish.markers": True,
         "publish.points": True, "warn_period_s": 5.0},
 }

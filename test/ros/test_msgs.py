@@ -59,6 +59,7 @@ def make_voxel_grid() -> SemanticVoxelGrid:
 def make_query() -> HiddenObjectQuery:
     return HiddenObjectQuery(
         header=Header(frame_id="base_link"),
+        id=2**40 + 3,
         target="backpack",
         relation="behind",
         reference="car",
@@ -76,6 +77,7 @@ def make_result() -> HiddenObjectResult:
         probabilities=[0.125, 0.5, 1.0],
         model="random-tiny",
         random_weights=False,
+        error="",
     )
 
 
@@ -118,6 +120,7 @@ def test_semantic_voxel_grid_fields():
 def test_hidden_object_query_fields():
     assert HiddenObjectQuery.get_fields_and_field_types() == {
         "header": "std_msgs/Header",
+        "id": "uint64",
         "target": "string",
         "relation": "string",
         "reference": "string",
@@ -131,6 +134,7 @@ def test_hidden_object_result_fields():
     assert HiddenObjectResult.get_fields_and_field_types() == {
         "header": "std_msgs/Header",
         "query": "occ_audit_ros/HiddenObjectQuery",
+        "error": "string",
         "voxel_size": "float",
         "origin": "geometry_msgs/Point",
         "dimensions": "uint32[3]",
@@ -139,6 +143,14 @@ def test_hidden_object_result_fields():
         "model": "string",
         "random_weights": "boolean",
     }
+
+
+def test_hidden_object_service_fields():
+    from occ_audit_ros.srv import HiddenObject
+
+    assert HiddenObject.Request.get_fields_and_field_types() == {"query": "occ_audit_ros/HiddenObjectQuery"}
+    assert HiddenObject.Response.get_fields_and_field_types() == {
+        "success": "boolean", "message": "string", "result": "occ_audit_ros/HiddenObjectResult"}
 
 
 def test_tf_message_fields():

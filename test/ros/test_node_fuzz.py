@@ -138,7 +138,7 @@ def test_qos_override_and_incompatible_qos_events(ros, capfd):
                              QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
     # The three events arrive in any order; warn() counts a warning once it is written, so stderr is read
     # once, after every topic's warning is counted (polling capfd while the node writes can drop lines).
-    topics = ("/cam_front/image_raw", "/tf_static", "semantic_voxels")
+    topics = ("/cam_front/image_raw", "/tf_static", "/semantic_voxels")
     assert wait_until(lambda: all(node.warn_counts.get(f"qos:{t}", [0])[0] >= 1 for t in topics), 15.0), \
         (node.counters, node.warn_counts)
     err = capfd.readouterr().err
@@ -176,3 +176,110 @@ def test_runtime_relevancy_preset_is_validated_and_applied(ros):
     assert node.set_parameters([Parameter("relevancy.preset", value="")])[0].successful
     _valid_until_answered(node, driver, sink, good, 3_000_000_000)
     assert tuple(node.backend.config.relevancy.tile_fractions) == (1.0,)
+
+
+def _tf(parent: str, child: str, stamp_ns: int, static: bool = False):
+    from geometry_msgs.msg import TransformStamped
+    from std_msgs.msg import Header
+
+    from occ_audit_ros.nodes.conversions import ns_to_stamp
+
+    t = TransformStamped(header=Header(stamp=ns_to_stamp(stamp_ns), frame_id=parent), child_frame_id=child)
+    t.transform.rotation.w = 1.0
+    return tf_message_type()(transforms=[t])
+
+
+def test_tf_graph_faults_are_refused_and_do_not_disable_the_node(ros, capfd):
+    """An edge closing a cycle through the camera, a dynamic edge re-parenting the camera and
+    thousands of junk frames: each refused edge is one warning, frames keep being answered, the
+    buffer keeps at most its cap of frames."""
+    node = ros.add(small_node(warn_period_s=0.0))
+    sink = ros.add(Sink())
+    driver = ros.add(InputDriver())
+    good = synthetic_frame()
+    cam = good.image.header.frame_id
+    driver.send({"tf_static": good.tf_static})
+    assert driver.wait_for_subscribers()
+    _valid_until_answered(node, driver, sink, good, 1_000_000_000)
+    for _ in range(3):  # each offending edge sent three times: one warning each
+        driver.send({"tf": _tf(cam, "base_link", 1_000_000_000)})  # base_link under the camera: a cycle
+        driver.send({"tf": _tf("map", cam, 1_000_000_000)})  # re-parents the camera (static parent)
+    assert wait_until(lambda: node.counters["tf_refused"] >= 6, 10.0), node.counters
+    _valid_until_answered(node, driver, sink, good, 2_000_000_000)
+    # junk frames beyond the cap are refused, the camera chain stays usable
+    for i in range(0, 1500, 50):
+        from tf2_msgs.msg import TFMessage
+
+        batch = TFMessage(transforms=[_tf("base_link", f"junk_{j}", 2_000_000_000).transforms[0]
+                                      for j in range(i, i + 50)])
+        driver.send({"tf": batch})
+    assert wait_until(lambda: node.counters["tf_refused"] >= 6 + 1500 - (1000 - 2), 20.0), node.counters  # 2 real frames
+    assert len(node.tf.frames()) <= 1000
+    _valid_until_answered(node, driver, sink, good, 3_000_000_000)
+    err = capfd.readouterr().err
+    assert err.count("would close a cycle") == 1, err[-3000:]
+    assert err.count("has the static parent") == 1, err[-3000:]
+    assert node.counters["skipped"] == 0, node.counters
+
+
+def test_parameter_extremes_are_refused_whole_and_accepted_changes_apply_after(ros):
+    node = ros.add(small_node(warn_period_s=0.0))
+    before = dict(node.values)
+    declared = {n: node.get_parameter(n).value for n in ("sync.slop_s", "tf.tolerance_s", "warn_period_s", "labels")}
+    bad = [("sync.slop_s", 1e300), ("tf.tolerance_s", 1e300), ("tf.tolerance_s", float("nan")),
+           ("warn_period_s", float("inf")), ("warn_period_s", -1.0), ("input.max_future_s", 1e30),
+           ("labels", [f"label {i}" for i in range(20_000)]), ("labels", ["x" * 1000]), ("labels", ["car", "car"]),
+           ("labels", []), ("semabs.min_probability", 0.5)]
+    for name, value in bad:
+        try:
+            results = node.set_parameters([Parameter(name, value=value)])
+        except Exception as err:  # noqa: BLE001 - undeclared (semabs.* on a relevancy node) is rclpy's own refusal
+            assert name.startswith("semabs."), (name, err)
+            continue
+        assert not results[0].successful and results[0].reason, (name, value)
+    # several at once, one of them bad: nothing changes (no half-updates)
+    result = node.set_parameters_atomically([Parameter("labels", value=["bus", "tree"]),
+                                             Parameter("warn_period_s", value=float("inf"))])
+    assert not result.successful
+    assert node.values == before
+    assert {n: node.get_parameter(n).value for n in declared} == {**declared, "labels": declared["labels"]}
+    assert list(node.get_parameter("labels").value) == list(before["labels"])
+    # ranges are in the descriptors (what `ros2 param describe` shows)
+    d = node.describe_parameter("grid.voxel_size")
+    assert (d.floating_point_range[0].from_value, d.floating_point_range[0].to_value) == (0.01, 10.0)
+    assert node.describe_parameter("relevancy.batch_size").integer_range[0].from_value == 1
+    # an accepted change takes effect after it is stored (post-set callback)
+    assert node.set_parameters_atomically([Parameter("labels", value=["bus", "tree"]),
+                                           Parameter("warn_period_s", value=2.0)]).successful
+    assert node.values["labels"] == ["bus", "tree"] and node.warn_period_s == 2.0
+    assert node._pending_vocab == ["bus", "tree"]
+
+
+def test_hidden_object_queries_on_a_model_without_them_get_a_refusal(ros):
+    """Topic and service: one answer per query, with the reason, before any frame too."""
+    from occ_audit_ros.msg import HiddenObjectQuery, HiddenObjectResult
+    from occ_audit_ros.srv import HiddenObject
+
+    node = ros.add(small_node())
+    client_node = ros.add(Node("query_client"))
+    results = []
+    qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+    client_node.create_subscription(HiddenObjectResult, "/hidden_object_result", results.append, qos)
+    pub = client_node.create_publisher(HiddenObjectQuery, "/hidden_object_query", qos)
+    assert wait_until(lambda: pub.get_subscription_count() > 0 and
+                      client_node.count_publishers("/hidden_object_result") > 0, 20.0)
+    for i in range(1, 201):  # a burst, back to back
+        pub.publish(HiddenObjectQuery(id=i, target="car", relation="behind", reference="building"))
+    assert wait_until(lambda: len(results) >= 200, 30.0), (len(results), node.counters)
+    time.sleep(0.5)
+    assert sorted(r.query.id for r in results) == list(range(1, 201))  # each exactly once
+    assert all("need model 'semabs'" in r.error and len(r.indices) == 0 for r in results)
+    client = client_node.create_client(HiddenObject, "/hidden_object")
+    assert client.wait_for_service(timeout_sec=20.0)
+    future = client.call_async(HiddenObject.Request(query=HiddenObjectQuery(id=7, target="car", relation="behind",
+                                                                            reference="building")))
+    assert wait_until(future.done, 20.0)
+    response = future.result()
+    assert not response.success and "need model 'semabs'" in response.message
+    assert response.result.query.id == 7 and response.result.error == response.message
+    assert node.counters["hidden_queries"] == 201 and node.counters["hidden_refused"] == 201

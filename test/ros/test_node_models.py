@@ -64,6 +64,39 @@ class Sink(Node):
         return False
 
 
+class QueryClient(Node):
+    """Sends hidden-object queries as a client would: bursts on the topic (a deep reliable queue,
+    the results collected) and single requests to the service."""
+
+    def __init__(self):
+        super().__init__("hidden_client")
+        from occ_audit_ros.msg import HiddenObjectQuery, HiddenObjectResult
+        from occ_audit_ros.srv import HiddenObject
+
+        deep = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        self.results = []
+        self.create_subscription(HiddenObjectResult, "/hidden_object_result", self.results.append, deep)
+        self.query_pub = self.create_publisher(HiddenObjectQuery, "/hidden_object_query", deep)
+        self.client = self.create_client(HiddenObject, "/hidden_object")
+        self.Query, self.Request = HiddenObjectQuery, HiddenObject.Request
+
+    def call(self, timeout_s: float = 120.0, **query):
+        """One service request; its response."""
+        assert self.client.wait_for_service(timeout_sec=20.0)
+        future = self.client.call_async(self.Request(query=self.Query(**query)))
+        assert wait_until(future.done, timeout_s), "no service response"
+        return future.result()
+
+
+def wait_until(pred, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return bool(pred())
+
+
 def _play(ros, bag, node, cameras):
     with Reader(bag) as reader:
         prefixes = tuple(conventions.camera_namespace(c) + "/" for c in cameras)
@@ -92,6 +125,10 @@ def test_semabs_node_ovssc_and_hidden_object_query(ros, keyframe_bag, keyframe):
     assert all(node.has_parameter(p.name) for p in SEMABS_PARAMS)
     assert not any(node.has_parameter(p.name) for p in AGO_PARAMS)
     sink = ros(Sink())
+    client = ros(QueryClient())
+    # before the first frame: a clear refusal, not silence
+    early = client.call(target="car", relation="behind", reference="building", id=1)
+    assert not early.success and "no frame processed yet" in early.message and early.result.query.id == 1
     _play(ros, keyframe_bag, node, ["CAM_FRONT"])
     assert sink.wait("grid", 1)
     grid = sink.got["grid"][0]
@@ -121,8 +158,10 @@ def test_semabs_node_ovssc_and_hidden_object_query(ros, keyframe_bag, keyframe):
     np.testing.assert_allclose(voxels.centers(), centers[expected], atol=1e-5)
 
     # Hidden-object query over rclpy: result, markers (alpha = probability) and points in base_link.
+    n_markers, n_points = len(sink.got["markers"]), len(sink.got["points"])  # (the early refusal's, empty)
     sink.query_pub.publish(sink.Query(target="car", relation="behind", reference="building"))
-    assert sink.wait("result", 1) and sink.wait("markers", 1) and sink.wait("points", 1), node.counters
+    assert sink.wait("result", 1) and sink.wait("markers", n_markers + 1) and sink.wait("points", n_points + 1), \
+        node.counters
     result = sink.got["result"][0]
     v = pred.vool(cam.image, depth, cam.K, T_ws_cam, "car", "behind", "building", context_labels=LABELS,
                   queries=(centers - CENTER + ws_center).astype(np.float32))
@@ -131,10 +170,10 @@ def test_semabs_node_ovssc_and_hidden_object_query(ros, keyframe_bag, keyframe):
     assert list(result.dimensions) == [16, 16, 16] and result.random_weights
     np.testing.assert_array_equal(np.asarray(result.indices), np.arange(16 ** 3))  # min_probability 0: all voxels
     np.testing.assert_allclose(np.asarray(result.probabilities), v.probabilities, rtol=1e-5, atol=1e-6)
-    cubes = [m for m in sink.got["markers"][0].markers if m.type == Marker.CUBE_LIST]
+    cubes = [m for m in sink.got["markers"][n_markers].markers if m.type == Marker.CUBE_LIST]
     assert len(cubes) == 1 and cubes[0].header.frame_id == "base_link" and len(cubes[0].points) == 16 ** 3
     np.testing.assert_allclose([c.a for c in cubes[0].colors], v.probabilities, atol=1e-6)
-    cloud = pointcloud2_to_numpy(sink.got["points"][0])
+    cloud = pointcloud2_to_numpy(sink.got["points"][n_points])
     np.testing.assert_allclose(np.stack([cloud["x"], cloud["y"], cloud["z"]], 1), centers, atol=1e-5)
     np.testing.assert_allclose(cloud["probability"], v.probabilities, rtol=1e-5, atol=1e-6)
 
@@ -147,9 +186,35 @@ def test_semabs_node_ovssc_and_hidden_object_query(ros, keyframe_bag, keyframe):
     assert sink.wait("result", 3), node.counters
     kept, refused = sink.got["result"][1], sink.got["result"][2]
     np.testing.assert_array_equal(np.asarray(kept.indices), np.flatnonzero(v.probabilities >= 0.5))
-    assert len(refused.indices) == 0 and refused.query.relation == "underneath"
-    assert node.counters["hidden_answered"] == 2 and node.counters["hidden_refused"] == 1
+    assert len(refused.indices) == 0 and refused.query.relation == "underneath" and refused.error
+    assert node.counters["hidden_answered"] == 2 and node.counters["hidden_refused"] == 2  # + the early one
     assert node.counters["processed"] == 1 and node.counters["skipped"] == 0
+
+    # The service gives the topic's answer, with the request's id.
+    response = client.call(target="car", relation="behind", reference="building", id=42)
+    assert response.success and response.message == "" and response.result.query.id == 42
+    np.testing.assert_array_equal(np.asarray(response.result.indices), np.asarray(kept.indices))
+    np.testing.assert_array_equal(np.asarray(response.result.probabilities), np.asarray(kept.probabilities))
+
+    # A burst of queries stamped after the last frame: those beyond the node's cap are refused at
+    # once, the others when no frame comes in time; each query gets exactly one answer.
+    from occ_audit_ros.nodes.conversions import ns_to_stamp
+    from occ_audit_ros.nodes.perception_node import MAX_PENDING_QUERIES
+
+    node.query_timeout_s = 2.0
+    n = MAX_PENDING_QUERIES + 100
+    later = ns_to_stamp(stamp_to_ns(grid.header.stamp) + 10**9)
+    for i in range(1000, 1000 + n):
+        msg = sink.Query(id=i, target="car", relation="behind", reference="building")
+        msg.header.stamp = later
+        client.query_pub.publish(msg)
+    burst = lambda: [r for r in client.results if r.query.id >= 1000]  # noqa: E731 (not the earlier answers)
+    assert wait_until(lambda: len(burst()) >= n, 60.0), (len(burst()), node.counters)
+    time.sleep(0.5)
+    assert sorted(r.query.id for r in burst()) == list(range(1000, 1000 + n))
+    reasons = [r.error for r in burst()]
+    assert sum("already wait for a frame" in e for e in reasons) == n - MAX_PENDING_QUERIES
+    assert sum("no frame stamped at or after the query" in e for e in reasons) == MAX_PENDING_QUERIES
 
 
 def test_semabs_grid_outside_the_workspace_is_a_clear_error():

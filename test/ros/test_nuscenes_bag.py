@@ -263,3 +263,204 @@ def test_cli_existing_output_and_overwrite(tmp_path, capsys):
     with Reader(out) as reader:
         assert reader.message_count == 35
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bag", "not-a-bag"]  # no staging left
+
+
+# --------------------------------------------------------------------------- whole scenes
+
+
+def _read_bag(out):
+    """{topic: [(bag time, rclpy msg)]} and the raw (topic, time, bytes) list, decoded by rclpy."""
+    from rclpy.serialization import deserialize_message
+
+    by_topic, raw = {}, []
+    with Reader(out) as reader:
+        for conn, t, data in reader.messages():
+            pkg, _, name = conn.msgtype.split("/")
+            cls = getattr(importlib.import_module(f"{pkg}.msg"), name)
+            msg = deserialize_message(bytes(data), cls)
+            by_topic.setdefault(conn.topic, []).append((t, msg))
+            raw.append((conn.topic, t, bytes(data)))
+    return by_topic, raw
+
+
+@pytest.fixture(scope="module")
+def sim_scene():
+    from sim_scene import simulated_scene
+
+    return simulated_scene(3, True)
+
+
+@pytest.fixture(scope="module")
+def sim_bag(sim_scene, tmp_path_factory):
+    root, _ = sim_scene
+    out = tmp_path_factory.mktemp("scene") / "bag"
+    assert main(["--dataroot", str(root), "--scene", "sim-3-00000", "--sweeps", "--depth",
+                 "--output", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_scene_bag_round_trip_with_sweeps(sim_scene, sim_bag):
+    """A simulated 3-sample scene with sweeps: every message read back equals the one built from the
+    tables (the same conversions builders), per-topic stamps are monotone and equal the header
+    stamps, images are the files' JPEG bytes, and TF is complete at every camera stamp."""
+    from nuscenes.nuscenes import NuScenes
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from occ_audit_ros import nuscenes_io as nio
+    from occ_audit_ros.tools.nuscenes_to_bag import scene_message_plan, scene_messages
+
+    root, cfg = sim_scene
+    nusc = NuScenes(version=cfg["version"], dataroot=str(root), verbose=False)
+    by_topic, raw = _read_bag(sim_bag)
+    scene = nio.load_scene(nio.open_tables(root), "sim-3-00000", sweeps=True)
+    built = list(scene_messages(scene_message_plan(scene, image_format="compressed", depth=True)))
+    assert len(raw) == len(built)
+    for (topic, t, data), m in zip(raw, built, strict=True):
+        assert (topic, t) == (m.topic, m.timestamp_ns)
+        assert deserialize_message(data, type(m.msg)) == deserialize_message(serialize_message(m.msg), type(m.msg))
+    times = [t for _, t, _ in raw]
+    assert times == sorted(times)
+
+    per_channel = {}
+    for sd in nusc.sample_data:
+        per_channel.setdefault(sd["channel"], []).append(sd)
+    assert {ch: len(v) for ch, v in per_channel.items()} == {
+        **{ch: 3 + 2 * 5 for ch in conventions.CAMERA_CHANNELS}, conventions.LIDAR_CHANNEL: 3 + 2 * 9}
+    tf_at = {t: msg.transforms[0] for t, msg in by_topic[conventions.TF_TOPIC]}
+    (_, static_msg), = by_topic[conventions.TF_STATIC_TOPIC]
+    static = {tf.child_frame_id: _tf_matrix(tf) for tf in static_msg.transforms}
+    for ch, rows in per_channel.items():
+        rows.sort(key=lambda sd: sd["timestamp"])
+        if ch == conventions.LIDAR_CHANNEL:
+            items = by_topic[conventions.LIDAR_TOPIC]
+        else:
+            items = by_topic[conventions.compressed_image_topic(ch)]
+            infos = by_topic[conventions.camera_info_topic(ch)]
+            depths = by_topic[conventions.depth_topic(ch)]
+            assert [t for t, _ in infos] == [t for t, _ in depths] == [t for t, _ in items]
+        assert [t for t, _ in items] == [sd["timestamp"] * NS_PER_US for sd in rows]
+        for (t, msg), sd in zip(items, rows):
+            assert _stamp_ns(msg.header.stamp) == t and msg.header.frame_id == conventions.sensor_frame(ch)
+            if ch != conventions.LIDAR_CHANNEL:
+                assert msg.format == "jpeg" and msg.data.tobytes() == (root / sd["filename"]).read_bytes()
+            # TF complete at the stamp: map -> base_link (ego_pose of this sample_data) -> sensor.
+            pose = nusc.get("ego_pose", sd["ego_pose_token"])
+            cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+            T = _tf_matrix(tf_at[t]) @ static[conventions.sensor_frame(ch)]
+            expected = make_transform(pose["translation"], pose["rotation"]) @ make_transform(
+                cs["translation"], cs["rotation"])
+            np.testing.assert_allclose(T, expected, atol=1e-9)
+    for topic, items in by_topic.items():
+        stamps = [t for t, _ in items]
+        assert stamps == sorted(stamps), topic
+    clock = [_stamp_ns(m.clock) for _, m in by_topic[conventions.CLOCK_TOPIC]]
+    assert clock == sorted(set(times))
+
+
+def test_scene_gt_boxes_from_sample_annotation(sim_scene, sim_bag):
+    from nuscenes.nuscenes import NuScenes
+
+    root, cfg = sim_scene
+    nusc = NuScenes(version=cfg["version"], dataroot=str(root), verbose=False)
+    by_topic, _ = _read_bag(sim_bag)
+    arrays = by_topic[conventions.GT_BOXES_TOPIC]
+    samples = sorted(nusc.sample, key=lambda s: s["timestamp"])
+    assert [t for t, _ in arrays] == [s["timestamp"] * NS_PER_US for s in samples]
+    for (_, array), sample in zip(arrays, samples):
+        clear, *cubes = array.markers
+        assert clear.action == 3 and clear.header.frame_id == conventions.MAP_FRAME  # DELETEALL
+        assert len(cubes) == len(sample["anns"]) > 0
+        for marker, ann_token in zip(cubes, sample["anns"]):
+            ann = nusc.get("sample_annotation", ann_token)
+            box = nusc.get_box(ann_token)
+            assert marker.header.frame_id == conventions.MAP_FRAME
+            assert (marker.ns, marker.id) == (ann["instance_token"], 0)
+            attrs = [nusc.get("attribute", a)["name"] for a in ann["attribute_tokens"]]
+            assert marker.text == " ".join([ann["category_name"]] + ([",".join(attrs)] if attrs else []))
+            p, q, s = marker.pose.position, marker.pose.orientation, marker.scale
+            np.testing.assert_allclose([p.x, p.y, p.z], box.center, atol=1e-9)
+            np.testing.assert_allclose([s.x, s.y, s.z], [box.wlh[1], box.wlh[0], box.wlh[2]], atol=1e-6)
+            R = make_transform([0, 0, 0], [q.w, q.x, q.y, q.z])[:3, :3]
+            np.testing.assert_allclose(R, box.rotation_matrix, atol=1e-9)
+
+
+def test_scene_raw_images_decode_like_pillow_and_are_larger(sim_scene, sim_bag, tmp_path, capsys):
+    from PIL import Image
+
+    root, _ = sim_scene
+    out = tmp_path / "raw"
+    assert main(["--dataroot", str(root), "--scene", "sim-3-00000", "--image-format", "raw",
+                 "--output", str(out), "--no-progress"]) == 0
+    summary = capsys.readouterr().out
+    assert "3 samples, 21 keyframe and 0 sweep records" in summary and " MB, " in summary
+    by_topic, _ = _read_bag(out)
+    assert conventions.depth_topic("CAM_FRONT") not in by_topic  # depth only where asked
+    assert not any(t.endswith("/compressed") for t in by_topic)
+    rows = sorted((r for r in __import__("json").loads((root / "v1.0-test" / "sample_data.json").read_text())
+                   if "/CAM_FRONT/" in r["filename"] and r["is_key_frame"]), key=lambda r: r["timestamp"])
+    items = by_topic[conventions.image_topic("CAM_FRONT")]
+    assert len(items) == len(rows) == 3
+    for (_, img), row in zip(items, rows):
+        expected = np.asarray(Image.open(root / row["filename"]).convert("RGB"))
+        assert img.encoding == "rgb8" and (img.height, img.width) == expected.shape[:2]
+        assert img.data.tobytes() == expected.tobytes()
+
+
+def test_real_keyframe_as_a_scene(keyframe, tmp_path):
+    """The embedded v1.0-test keyframe converted as scene-0061: JPEG passthrough of the real files,
+    the same depth images as the keyframe bag, no boxes (the test split has no annotations), and
+    the pickle's boxes in map with --annotations."""
+    out = tmp_path / "s61"
+    assert main(["--scene", "scene-0061", "--depth", "--output", str(out), "--no-progress"]) == 0
+    by_topic, _ = _read_bag(out)
+    assert conventions.GT_BOXES_TOPIC not in by_topic
+    for ch, cam in keyframe.cameras.items():
+        (t, img), = by_topic[conventions.compressed_image_topic(ch)]
+        assert t == cam.timestamp_us * NS_PER_US
+        path = next((paths.nuscenes_keyframe_dir() / "samples" / ch).glob("*.jpg"))
+        assert img.data.tobytes() == path.read_bytes()
+        (_, dep), = by_topic[conventions.depth_topic(ch)]
+        depth = np.frombuffer(dep.data.tobytes(), dtype="<f4").reshape(cam.height, cam.width)
+        np.testing.assert_array_equal(depth, lidar_depth_for_camera(keyframe, ch))
+    out2 = tmp_path / "s61_boxes"
+    assert main(["--scene", "scene-0061", "--annotations", str(paths.nuscenes_annotations_pkl()),
+                 "--output", str(out2), "--no-progress"]) == 0
+    by_topic, _ = _read_bag(out2)
+    (_, array), = by_topic[conventions.GT_BOXES_TOPIC]
+    cubes = array.markers[1:]
+    assert len(cubes) == len(keyframe.boxes) == 69
+    for marker, box in zip(cubes, keyframe.boxes):
+        assert (marker.ns, marker.id, marker.header.frame_id) == (box.category, box.index, "map")
+        p = marker.pose.position
+        np.testing.assert_allclose([p.x, p.y, p.z], box.center_map, atol=1e-9)
+
+
+def test_scene_errors_name_what_and_where(sim_scene, tmp_path, capsys):
+    import shutil
+
+    root, _ = sim_scene
+    out = tmp_path / "bag"
+
+    def err(args):
+        assert main(args + ["--output", str(out), "--no-progress"]) == 1
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+        return capsys.readouterr().err
+
+    assert "'scene-9999' not in" in err(["--dataroot", str(root), "--scene", "scene-9999"])
+    assert "sim-3-00000" in err(["--dataroot", str(root), "--scene", "scene-9999"])  # names listed
+    e = err(["--dataroot", str(root), "--version", "v1.0-mini", "--scene", "sim-3-00000"])
+    assert str(root / "v1.0-mini") in e and "v1.0-test" in e
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    sweep = sorted((copy / "sweeps" / "CAM_BACK").glob("*.jpg"))[3]
+    sweep.unlink()
+    assert str(sweep) in err(["--dataroot", str(copy), "--scene", "sim-3-00000", "--sweeps"])
+    assert main(["--dataroot", str(copy), "--scene", "sim-3-00000", "--output", str(out), "--no-progress"]) == 0
+    shutil.rmtree(out)  # keyframes only: the missing sweep does not matter
+    # A file that fails while writing: nothing is left behind (staging removed, no bag).
+    bad = sorted((copy / "samples" / "CAM_FRONT").glob("*.jpg"))[2]
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    assert str(bad) in err(["--dataroot", str(copy), "--scene", "sim-3-00000", "--image-format", "raw"])
+    (copy / "v1.0-test" / "sample_annotation.json").unlink()
+    assert str(copy / "v1.0-test" / "sample_annotation.json") in err(
+        ["--dataroot", str(copy), "--scene", "sim-3-00000"])

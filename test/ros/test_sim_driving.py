@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from occ_audit_ros import paths
+from occ_audit_ros import conventions, paths
 from occ_audit_ros.geometry import invert_transform, make_transform, transform_points
 from training.sim import generate
 from training.sim.driving import (FREE, OCC3D_CLASSES, occ3d_semantics, thing_parts,
@@ -223,3 +223,55 @@ def test_torchrun_two_processes_split_sequences(dataset, tmp_path, cfg):
     assert len(nusc.scene) == 2 and len(nusc.sample) == 4
     seq0 = sorted(p.relative_to(out) for p in (out / "samples").rglob("*") if p.is_file())
     assert seq0 and all((multi / f).read_bytes() == (out / f).read_bytes() for f in seq0)
+
+
+def test_sweeps_are_chained_posed_and_leave_keyframes_unchanged(dataset, cfg):
+    """With sweeps: non-key sample_data at 12 Hz (cameras) and 20 Hz (LiDAR) between keyframes,
+    prev/next chains per channel in time order, an ego pose per sample_data on the ego's
+    constant-velocity path, files where the tables say; the keyframes are byte-identical to the
+    run without sweeps (sweeps draw from their own random stream)."""
+    from nuscenes.nuscenes import NuScenes
+
+    from sim_scene import TINY, simulated_scene
+
+    assert {k: cfg[k] == v if not isinstance(v, dict) else all(cfg[k][a] == b for a, b in v.items())
+            for k, v in TINY.items()} == dict.fromkeys(TINY, True)  # same world as `dataset`
+    root, scfg = simulated_scene(3, True)
+    nusc = NuScenes(version=scfg["version"], dataroot=str(root), verbose=False)
+    samples = sorted(nusc.sample, key=lambda s: s["timestamp"])
+    assert len(samples) == 3
+    key_poses = [nusc.get("ego_pose", nusc.get("sample_data", s["data"]["LIDAR_TOP"])["ego_pose_token"])
+                 for s in samples]
+    for channel, per_interval in [(ch, 5) for ch in conventions.CAMERA_CHANNELS] + [("LIDAR_TOP", 9)]:
+        first = nusc.get("sample_data", samples[0]["data"][channel])
+        assert first["prev"] == ""
+        chain = [first]
+        while chain[-1]["next"]:
+            nxt = nusc.get("sample_data", chain[-1]["next"])
+            assert nxt["prev"] == chain[-1]["token"]
+            chain.append(nxt)
+        assert len(chain) == 3 + 2 * per_interval == sum(sd["channel"] == channel for sd in nusc.sample_data)
+        stamps = np.array([sd["timestamp"] for sd in chain])
+        hz = 12.0 if channel != "LIDAR_TOP" else 20.0
+        np.testing.assert_allclose(np.diff(stamps), 1e6 / hz, atol=1)
+        assert [sd["is_key_frame"] for sd in chain] == ([True] + [False] * per_interval) * 2 + [True]
+        for sd in chain:
+            assert (root / sd["filename"]).is_file()
+            assert sd["filename"].startswith("samples/" if sd["is_key_frame"] else "sweeps/")
+            k = next(i for i, s in enumerate(samples) if s["timestamp"] >= sd["timestamp"])
+            assert sd["sample_token"] == samples[k]["token"]  # a sweep belongs to the next keyframe
+            # ego moves at constant velocity: the pose is the linear interpolation of keyframe poses
+            pose = nusc.get("ego_pose", sd["ego_pose_token"])
+            assert pose["timestamp"] == sd["timestamp"]
+            a, b = key_poses[max(k - 1, 0)], key_poses[k]
+            w = 0.0 if a is b else (sd["timestamp"] - a["timestamp"]) / (b["timestamp"] - a["timestamp"])
+            np.testing.assert_allclose(pose["translation"],
+                                       (1 - w) * np.array(a["translation"]) + w * np.array(b["translation"]),
+                                       atol=1e-6)
+            if channel == "CAM_FRONT":
+                assert (sd["width"], sd["height"]) == (160, 90)
+    out, _, _ = dataset  # same seed and world, 2 samples, no sweeps
+    files = sorted(p.relative_to(out) for p in (out / "samples").rglob("*") if p.is_file())
+    assert len(files) == 14
+    for f in files:
+        assert (root / f).read_bytes() == (out / f).read_bytes(), f

@@ -55,7 +55,7 @@ def test_feature_cache_equals_the_network_and_stage2_trains_the_last_layer(work,
     files = json.loads((work / "files.json").read_text())
     val = load_samples_file(files["val"], spec)
     cached = train_ago.load_feature_samples(info["val"], spec)
-    assert [s.token for s in cached] == [s.token for s in val] and cached[0].geom is None
+    assert [s.token for s in cached] == [s.token for s in val] and cached[0].depth.numel() == 0
     b = collate(val[:1])
     trunk = train_ago.FeatureTrunk(model.net.out)
     with torch.no_grad():
@@ -73,8 +73,13 @@ def test_feature_cache_equals_the_network_and_stage2_trains_the_last_layer(work,
     assert [c["step"] for c in rec["curve"] if "val_miou" in c] == [1, 2, 3]
     base = cs.stage2(work, 0, "baseline", [], None, info, "cached", 3)
     assert "visa_tax" not in base["final_losses"]
-    with pytest.raises(ValueError, match="align"):
-        cs.stage2(work, 0, "x", ["align.enabled=true"], None, info, "cached", 1)
+    with pytest.raises(ValueError, match="align.source"):
+        cs.stage2(work, 0, "x", ["align.enabled=true", "align.source=clip"], None, info, "cached", 1)
+    # L_align against the simulated VLM works on cached features (the file keeps the camera visibility)
+    ago = cs.stage2(work, 0, "ago", ["model.adapter=true", "align.enabled=true", "align.source=oracle"], None,
+                    info, "cached", 2)
+    assert 0.0 < ago["final_losses"]["align"] < 2.0
+    assert train_ago.load_feature_samples(info["train"], spec)[0].geom.valid.shape == (1, 25 * 25 * 2)
     with pytest.raises(ValueError, match="mode"):
         cs.stage2(work, 0, "x", [], None, info, "other", 1)
 

@@ -95,3 +95,23 @@ def test_hook_edges_equal_graph_edges_of_the_batch_with_subsampling_and_cache():
                             generator=ref_gen)
             assert out["visa_graph"].item() == pytest.approx(cfg.lambda_graph * ref["graph"].item(), rel=1e-9)
             assert out["visa_tax"].item() == pytest.approx(cfg.lambda_tax * ref["tax"].item(), rel=1e-9)
+
+
+def test_object_mass_variant_scores_the_object_probability_itself():
+    """object_mass: L_tax on unrenormalised K_obj probabilities; equal to the design's L_tax when all
+    the mass is on K_obj, larger when stuff / free take mass; L_attr and L_graph unchanged."""
+    X, Y, Z, C = 4, 3, 2, 18
+    t = {"A": _targets([[0, 1, 2], [5, 6, -1]])}
+    logits = torch.randn(1, X, Y, Z, C, dtype=torch.float64)
+    on_obj = logits.clone()
+    on_obj[..., [0] + list(range(11, 18))] = -1e4  # no mass outside K_obj (columns 1..10)
+    kw = dict(loss_cfg={"ramp_epochs": 0.0})
+    for lg, same in ((on_obj, True), (logits, False)):
+        ref = VisaExtraLoss(t, **kw)({"tokens": ["A"]}, {"class_logits": lg}, None)
+        om = VisaExtraLoss(t, object_mass=True, **kw)({"tokens": ["A"]}, {"class_logits": lg}, None)
+        assert om["visa_attr"].item() == pytest.approx(ref["visa_attr"].item())
+        assert om["visa_graph"].item() == pytest.approx(ref["visa_graph"].item(), abs=1e-12)
+        if same:
+            assert om["visa_tax"].item() == pytest.approx(ref["visa_tax"].item(), rel=1e-6)
+        else:
+            assert om["visa_tax"].item() > ref["visa_tax"].item()

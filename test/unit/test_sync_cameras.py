@@ -46,20 +46,23 @@ def _run(sync, stream):
 
 
 def _check_sets(sets, slop_ns):
-    frames_seen = []
+    """Per camera one frame's image, info and depth; across cameras every stamp within the slop
+    of the set's centre; no camera frame emitted twice. Returns the emitted (camera, frame)s and
+    the number of sets whose cameras come from more than one rig frame."""
+    emitted, mixed = [], 0
     for s in sets:
         frames = set()
         for cam, parts in s.frames.items():
             assert set(parts) == set(KINDS)
             assert {m[0] for m in parts.values()} == {cam}
-            assert len({m[2] for m in parts.values()}) == 1  # image, info, depth of one frame
-            frames |= {m[2] for m in parts.values()}
-        assert len(frames) == 1, s  # never two frames in one set
-        frames_seen.append(frames.pop())
-        assert all(abs(st - s.stamp_ns) <= slop_ns for st in s.stamps.values())
+            (f,) = {m[2] for m in parts.values()}  # image, info, depth of one frame
+            frames.add(f)
+            emitted.append((cam, f))
+        mixed += len(frames) > 1
+        assert all(abs(st - s.stamp_ns) <= slop_ns for st in s.stamps.values()), s
         assert set(s.frames) | set(s.missing) == set(CAMS) and not set(s.frames) & set(s.missing)
-    assert len(frames_seen) == len(set(frames_seen))  # each frame once
-    return frames_seen
+    assert len(emitted) == len(set(emitted))  # each camera frame once
+    return emitted, mixed
 
 
 @pytest.mark.parametrize("loss", [0.02, 0.1])
@@ -69,16 +72,15 @@ def test_message_loss_on_all_streams_never_mixes_frames(loss):
     slop = int(DEFAULT_SLOP_S * 1e9)
     sync = MultiCameraSynchronizer(CAMS, KINDS, slop_ns=slop)
     sets = _run(sync, stream) + sync.poll(10**13)
-    frames = _check_sets(sets, slop)
-    # Every frame with a complete camera is emitted, with exactly the complete cameras.
-    by_frame = {f: s for f, s in zip(frames, sets)}
-    for f in range(300):
-        complete = [c for c in CAMS if all((f, c, k) in delivered for k in KINDS)]
-        if complete:
-            assert sorted(by_frame[f].frames) == sorted(complete), f
-        else:
-            assert f not in by_frame
-    assert sum(len(s.missing) == 0 for s in sets) > 0.5 * 300 * (1 - loss) ** 18
+    emitted, mixed = _check_sets(sets, slop)
+    # Every camera frame whose three messages arrived is emitted (none is thrown away), no other.
+    complete = {(c, f) for f in range(300) for c in CAMS if all((f, c, k) in delivered for k in KINDS)}
+    assert set(emitted) == complete
+    full = sum(len(s.missing) == 0 for s in sets)
+    # A whole rig frame gives a full set unless the previous set took a camera of it (below).
+    assert full >= 0.9 * sum(all((c, f) in complete for c in CAMS) for f in range(300))
+    # A set takes a camera's next rig frame (within the slop) only where its own frame was lost.
+    assert mixed <= sum(not all((c, f) in complete for c in CAMS) for f in range(300))
 
 
 def test_message_filters_like_sync_mixes_frames_where_the_camera_sync_does_not():
@@ -91,7 +93,7 @@ def test_message_filters_like_sync_mixes_frames_where_the_camera_sync_does_not()
     for cam, kind, stamp, msg in stream:
         out = flat.add((cam, kind), stamp, msg)
         if out is not None:
-            mixed += len({m[2] for m in out.values()}) > 1
+            mixed += any(len({out[(c, k)][2] for k in KINDS}) > 1 for c in CAMS)
     assert mixed > 0
     _check_sets(_run(MultiCameraSynchronizer(CAMS, KINDS), stream), int(DEFAULT_SLOP_S * 1e9))
 
@@ -101,15 +103,17 @@ def test_silent_camera_is_left_out_after_the_timeout():
     stream, _ = _stream(120, rng, 0.0, silent=("CAM_BACK", 30, 89))
     sync = MultiCameraSynchronizer(CAMS, KINDS, timeout_ns=250_000_000)
     sets = _run(sync, stream) + sync.poll(10**13)
-    frames = _check_sets(sets, int(DEFAULT_SLOP_S * 1e9))
-    assert frames == list(range(120))  # no frame lost while the camera is silent
-    for f, s in zip(frames, sets):
+    emitted, mixed = _check_sets(sets, int(DEFAULT_SLOP_S * 1e9))
+    assert len(sets) == 120 and mixed == 0  # no frame lost while the camera is silent
+    for f, s in enumerate(sets):
+        assert {fr for (_, _, fr) in [m for p in s.frames.values() for m in p.values()]} == {f}
         assert s.missing == (("CAM_BACK",) if 30 <= f <= 89 else ()), f
     # Without a timeout nothing is emitted while the camera is silent (it might still come).
     sync = MultiCameraSynchronizer(CAMS, KINDS, timeout_ns=None)
     stream, _ = _stream(60, rng, 0.0, silent=("CAM_BACK", 30, 59))
-    frames = _check_sets(_run(sync, stream), int(DEFAULT_SLOP_S * 1e9))
-    assert frames == list(range(30))
+    sets = _run(sync, stream)
+    _check_sets(sets, int(DEFAULT_SLOP_S * 1e9))
+    assert len(sets) == 30 and all(not s.missing for s in sets)
 
 
 def test_last_set_is_emitted_on_poll_and_min_cameras_drops_small_sets():
@@ -119,7 +123,7 @@ def test_last_set_is_emitted_on_poll_and_min_cameras_drops_small_sets():
     assert sync.poll(1050) == []
     (s,) = sync.poll(1101)
     assert s.frames == {"a": {"image": "ai", "info": "af"}} and s.missing == ("b",)
-    assert sync.silent_cameras(1101) == ["b"]
+    assert sync.silent_cameras(1050) == [] and sync.silent_cameras(1101) == ["a", "b"]
     sync = MultiCameraSynchronizer(["a", "b"], ("image",), slop_ns=10, timeout_ns=100, min_cameras=2)
     sync.add("a", "image", 1000, "x")
     assert sync.poll(2000) == [] and sync.dropped == 1
@@ -158,3 +162,23 @@ def test_default_slop_takes_the_real_nuscenes_keyframe():
             sets += sync.add(cam, kind, stamp, (cam, kind, 0))
     (s,) = sets
     assert sorted(s.frames) == sorted(CAMS) and s.missing == ()
+
+
+def test_a_frame_arriving_after_its_set_went_out_is_discarded():
+    """A camera frame completing after the timeout emitted its set without it must not form a second
+    set at the same stamp (seen on a loaded machine replaying at rate 1)."""
+    sync = MultiCameraSynchronizer(["a", "b"], ("image", "info"), slop_ns=10, timeout_ns=100)
+    sync.add("a", "image", 1000, "ai")
+    sync.add("a", "info", 1000, "af")
+    (s,) = sync.poll(1101)
+    assert s.missing == ("b",)
+    # b's frame of the same instant arrives late: discarded, counted, no set
+    assert sync.add("b", "image", 1003, "bi") == [] and sync.add("b", "info", 1003, "bf") == []
+    assert sync.poll(1102) == [] and sync.late_frames == 1
+    # the next instant of both cameras is a normal set
+    sync.add("a", "image", 1050, "ai2")
+    sync.add("a", "info", 1050, "af2")
+    sync.add("b", "image", 1052, "bi2")
+    (s,) = sync.add("b", "info", 1052, "bf2")
+    assert s.frames == {"a": {"image": "ai2", "info": "af2"}, "b": {"image": "bi2", "info": "bf2"}}
+    assert s.missing == ()

@@ -456,11 +456,13 @@ DIAGNOSIS = {
     "ground_fixed_t14": ("closed", ["model.learn_logit_scale=false"]),
     "ground_t50": ("closed", ["model.logit_scale_init=50.0"]),
     "ground_random_text": ("closed", ["text_encoder=random"]),
-    "ground_fix": ("closed", ["noise.enabled=false", "model.logit_scale_init=50.0"]),
     "ow_linear": ("open_world_pretrain", ["vocabulary=open_world_pretrain", "model.head=linear", "noise.enabled=false"]),
     "ow_ground": ("open_world_pretrain", ["vocabulary=open_world_pretrain"]),
-    "ow_ground_fix": ("open_world_pretrain", ["vocabulary=open_world_pretrain", "noise.enabled=false",
-                                              "model.logit_scale_init=50.0"]),
+    "ow_ground_t50": ("open_world_pretrain", ["vocabulary=open_world_pretrain", "model.logit_scale_init=50.0"]),
+    # + modality adapter aligned (L_align) to SIMULATED VLM voxel embeddings (training.ago.oracle_vlm: the
+    # embedding of each voxel's GT class phrase, noise 1.0, 20 % wrong classes), held-out classes included
+    "ow_ago": ("open_world_pretrain", ["vocabulary=open_world_pretrain", "model.adapter=true", "align.enabled=true",
+                                       "align.source=oracle"]),
     # an adapter without L_align (ago_train_sim.yaml's setting for the VISA runs) stays at its random
     # initialisation; the entropy identifier then picks between it and the grounding branch
     "ground_adapter_entropy": ("closed", ["model.adapter=true"], "entropy"),
@@ -475,6 +477,7 @@ def _open_world_evaluator(train_counts):
 
     from training.ago.data import collate
     from training.ago.metrics import OccConfusion
+    from occ_audit_ros.ago.head import open_world_identify
     from occ_audit_ros.ago.prompts import TextBank, encode_vocabulary
 
     ccfg = load_class_config()
@@ -505,8 +508,13 @@ def _open_world_evaluator(train_counts):
                     confs.setdefault("linear/none", OccConfusion()).update(lab.reshape(gt.shape), gt, mask)
                     continue
                 for q, bank in banks.items():
-                    lab = model.head(flat, bank, None)["logits"].argmax(-1)
-                    confs.setdefault(f"{q}/none", OccConfusion()).update(lab.reshape(gt.shape).cpu().numpy(), gt, mask)
+                    out = model.head(flat, bank, None)
+                    labs = {"none": out["logits"].argmax(-1)}
+                    if "logits_adapted" in out:  # adapter: the identifier's choice of branch (AGO Eq. 9)
+                        labs["entropy"] = open_world_identify(out["logits"], out["logits_adapted"], "entropy")[0].argmax(-1)
+                        labs["adapter"] = out["logits_adapted"].argmax(-1)
+                    for ident, lab in labs.items():
+                        confs.setdefault(f"{q}/{ident}", OccConfusion()).update(lab.reshape(gt.shape).cpu().numpy(), gt, mask)
         model.train()
         return {"confusions": {k: c.matrix.tolist() for k, c in confs.items()}}
 
@@ -539,27 +547,30 @@ def cmd_diagnose(args) -> int:
         counts += np.bincount(smp.semantics[smp.mask_camera].numpy().ravel(), minlength=256)[:18]
     ev = _open_world_evaluator(counts)
     names = [n for n in DIAGNOSIS if not args.only or n in args.only]
-    todo = [(n, s) for s in args.seeds for n in names if (n, s) not in done]
+    runs = [(n, n, args.steps) for n in names] + [(n + "_long", n, args.steps * args.long_factor) for n in args.long]
+    todo = [(r, s) for s in args.seeds for r in runs if (r[0], s) not in done]
     if args.worker:  # process i of n takes every n-th run (full mode on one GPU)
         i, n = map(int, args.worker.split("/"))
         todo = todo[i::n]
     t0 = time.time()
     feats = {}
-    for name, seed in todo:
+    for (run_name, name, steps), seed in todo:
         voc, sets, ident = (*DIAGNOSIS[name], None)[:3]
         if args.mode == "cached" and (voc, seed) not in feats:
             feats[(voc, seed)] = cs.stage1(work, seed, args.stage1_steps, voc, device=args.device,
                                            eval_every=args.eval_every)
-        steps = args.steps * (args.long_factor if name in args.long else 1)
-        rec = cs.stage2(work, seed, name + ("_long" if name in args.long else ""), sets, None,
+        rec = cs.stage2(work, seed, run_name, sets, None,
                         feats.get((voc, seed)), args.mode, steps, args.eval_every, args.device, evaluator=ev,
                         identifier=ident)
-        rec["run"] = name
+        rec["run"] = run_name
         rec["variant_overrides"] = sets
         with out_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
-        print(f"{name} seed {seed}: mIoU {rec.get('miou', float('nan')):.2f} ({rec['total_s']:.0f} s; "
+        print(f"{run_name} seed {seed}: mIoU {rec.get('miou', float('nan')):.2f} ({rec['total_s']:.0f} s; "
               f"{time.time() - t0:.0f} s so far)", flush=True)
+    if args.report_md:
+        return cmd_diagnose_report(argparse.Namespace(results=[str(out_path), *args.extra_results], img=args.img,
+                                                      md=args.report_md))
     return 0
 
 
@@ -576,11 +587,14 @@ def cmd_diagnose_report(args) -> int:
     by: dict = {}
     for r in rows:
         by.setdefault(r["run"], {})[r["seed"]] = r
+    # the VISA study's baseline is the same configuration as ``ground`` (same features, seed, steps)
+    for seed, r in by.pop("baseline", {}).items():
+        by.setdefault("ground", {}).setdefault(seed, r)
     out = ["### Closed world (validation, 17 classes; grounding queried by its training phrases)", "",
            "| run | n | mIoU | Δ vs linear (p) | object mIoU | learned s | final grounding loss |", "|---|---|---|---|---|---|---|"]
     lin = by.get("linear", {})
     res = {}
-    for name in DIAGNOSIS:
+    for name in [n + suf for n in DIAGNOSIS for suf in ("", "_long")]:
         if name.startswith("ow_") or name not in by:
             continue
         seeds = by[name]
@@ -604,7 +618,7 @@ def cmd_diagnose_report(args) -> int:
     out += ["", "### Open world: held-out classes (never labelled in stage 1 or 2), zero-shot IoU % (mean ± std)", "",
             "| run | query | " + " | ".join(held) + " | held-out > 0 | PT unknown mIoU | ZS known mIoU |",
             "|---|---|" + "---|" * (len(held) + 3)]
-    for name in ("ow_linear", "ow_ground", "ow_ground_fix"):
+    for name in ("ow_linear", "ow_ground", "ow_ground_t50", "ow_ago"):
         if name not in by:
             continue
         keys = sorted({k for r in by[name].values() for k in r.get("confusions", {})})
@@ -637,7 +651,7 @@ def cmd_diagnose_report(args) -> int:
     img.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, name in enumerate(n for n in DIAGNOSIS if not n.startswith("ow_") and n in by):
+    for i, name in enumerate(n + suf for n in DIAGNOSIS for suf in ("", "_long") if not n.startswith("ow_") and n + suf in by):
         for s, r in sorted(by[name].items()):
             pts = [(x["step"], x["val_miou"]) for x in r.get("curve", []) if "val_miou" in x]
             if pts:
@@ -686,7 +700,12 @@ def main(argv=None) -> int:
     g.add_argument("--only", nargs="*", default=None, choices=list(DIAGNOSIS))
     g.add_argument("--steps", type=int, default=300)
     g.add_argument("--stage1-steps", type=int, default=400)
-    g.add_argument("--long", nargs="*", default=[], help="configurations trained --long-factor x longer")
+    g.add_argument("--long", nargs="*", default=[], choices=list(DIAGNOSIS),
+                   help="configurations also trained --long-factor x longer (run name <name>_long)")
+    g.add_argument("--report-md", default=None, help="then run diagnose-report into this markdown file")
+    g.add_argument("--img", default="docs/img")
+    g.add_argument("--extra-results", nargs="*", default=[],
+                   help="more results for the report (e.g. the VISA study's, whose baseline is `ground`)")
     g.add_argument("--long-factor", type=int, default=3)
     g.add_argument("--eval-every", type=int, default=50)
     g.add_argument("--device", default="cpu")

@@ -20,7 +20,13 @@ Commands (``occ_audit_exp_visa_sim`` = ``python -m training.experiments.visa_sim
     occ_audit_exp_visa_sim prepare --train D1 D2 --val D3 D4 --work .visa_work
     occ_audit_exp_visa_sim run --work .visa_work --steps 300 --stage1-steps 400
     occ_audit_exp_visa_sim report --results .visa_work/results/visa-cached.jsonl --img docs/img --md OUT.md
-    occ_audit_exp_visa_sim study --train ... --val ... --work .visa_work   # all three
+    occ_audit_exp_visa_sim objects --work .visa_work --results .visa_work/results/visa-cached.jsonl
+    occ_audit_exp_visa_sim study --train ... --val ... --work .visa_work   # all of them
+
+``objects`` looks where the VISA terms act: the validation voxels of K_obj classes, their share
+predicted as an object, the accuracy of the argmax over the K_obj columns alone, and the logit margin
+of the best object class over the best other class. The ``*_objmass`` runs are a diagnostic variant
+(L_tax on the unrenormalised K_obj probabilities, ``VisaExtraLoss(object_mass=True)``).
 
 Last line of ``report``: ``RESULT ...``.
 """
@@ -49,8 +55,8 @@ SOFT_GAMMA = 0.5
 
 
 def run_table(accuracies=(0.6, 0.7, 0.8, 0.9, 1.0)) -> dict:
-    """Run name -> (audit setting, weighting key of :data:`WEIGHTINGS`, (λ_tax, λ_attr, λ_graph));
-    ``None`` = baseline (no VISA)."""
+    """Run name -> (audit setting, weighting key of :data:`WEIGHTINGS`, (λ_tax, λ_attr, λ_graph)
+    [, extra keys of the trainer's ``visa:`` block]); ``None`` = baseline (no VISA)."""
     t, a, g = LAMBDAS
     runs = {"baseline": None, "visa": ("default", "w", LAMBDAS),
             "tax_only": ("default", "w", (t, 0, 0)), "attr_only": ("default", "w", (0, a, 0)),
@@ -62,6 +68,9 @@ def run_table(accuracies=(0.6, 0.7, 0.8, 0.9, 1.0)) -> dict:
         for suf in ("w", "nw"):
             runs[f"{k}_{suf}"] = (k, suf, LAMBDAS)
     runs["acc60_soft"] = ("acc60", "soft", LAMBDAS)
+    # diagnostic: L_tax on the unrenormalised K_obj probabilities (VisaExtraLoss object_mass)
+    for k in ("default", "acc60", "acc80"):
+        runs[f"{'visa' if k == 'default' else k + '_w'}_objmass"] = (k, "w", LAMBDAS, {"object_mass": True})
     return runs
 
 
@@ -168,9 +177,9 @@ def prepare(args) -> int:
 def _visa_block(work: Path, spec, seed: int):
     if spec is None:
         return None
-    setting, wk, (lt, la, lg) = spec
+    setting, wk, (lt, la, lg) = spec[:3]
     return {"targets": str(work / "visa_targets" / f"{setting}_{seed}_{wk}.safetensors"),
-            "losses": {"lambda_tax": lt, "lambda_attr": la, "lambda_graph": lg}}
+            "losses": {"lambda_tax": lt, "lambda_attr": la, "lambda_graph": lg}, **(spec[3] if len(spec) > 3 else {})}
 
 
 def _todo(args, runs) -> list[tuple[str, int]]:
@@ -323,7 +332,7 @@ def report(args) -> int:
     if args.md:
         Path(args.md).parent.mkdir(parents=True, exist_ok=True)
         Path(args.md).write_text(text + "\n")
-    _plots(rows, S, Path(args.img), args.note)
+    _plots(rows, S, Path(args.img), args.note, getattr(args, "work", None))
     res = {"baseline_miou": S.get("baseline", {}).get("miou", (np.nan,))[0]}
     for n in ("visa", "no_reliability", "visa_soft", "acc60_w", "acc60_soft", "acc80_w", "acc100_w"):
         if n in S and "d_miou" in S[n]:
@@ -333,7 +342,7 @@ def report(args) -> int:
     return 0
 
 
-def _plots(rows, S, img: Path, note: str = "") -> None:
+def _plots(rows, S, img: Path, note: str = "", work=None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -373,7 +382,18 @@ def _plots(rows, S, img: Path, note: str = "") -> None:
         fig.tight_layout()
         fig.savefig(img / "visa_study_accuracy_sweep.png", dpi=110)
         plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    stage1 = sorted(Path(work).glob("features/closed-s*.json")) if work else []
+    fig, axes = plt.subplots(1, 2 if stage1 else 1, figsize=(12 if stage1 else 7, 4), squeeze=False)
+    if stage1:
+        for f in stage1:
+            pts = [(x["step"], x["val_miou"]) for x in json.loads(f.read_text()).get("curve", []) if "val_miou" in x]
+            if pts:
+                axes[0, 1].plot(*zip(*pts), marker=".", label=f.stem)
+        axes[0, 1].set_xlabel("stage-1 step (whole network)")
+        axes[0, 1].set_ylabel("validation mIoU (%)")
+        axes[0, 1].set_title("Stage 1 (baseline objective), per seed")
+        axes[0, 1].legend(fontsize=8)
+    ax = axes[0, 0]
     for n, c in (("baseline", "black"), ("visa", "tab:blue"), ("no_reliability", "tab:red")):
         for r in rows:
             if r["run"] == n:
@@ -389,6 +409,82 @@ def _plots(rows, S, img: Path, note: str = "") -> None:
     plt.close(fig)
 
 
+def object_voxels(args) -> int:
+    """Where VISA can act: on the validation voxels whose GT is a K_obj class (inside ``mask_camera``),
+    per trained stage-2 run (its final checkpoint): the share predicted as any K_obj class (argmax over
+    every column), the accuracy of the argmax over the K_obj columns alone (what VISA's pooled,
+    K_obj-renormalised terms train), and the mean margin max K_obj logit - max other logit (< 0: an
+    object is never the argmax). Table with paired Δ vs the baseline; ``--md`` appends it."""
+    import torch
+
+    from training import train_ago
+    from training.experiments import cached_study as cs
+    from training.visa.taxonomy import K_OBJ_OCC3D_INDEX
+    from occ_audit_ros.ago.checkpoint import latest_checkpoint, load_checkpoint
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    kidx = torch.tensor(K_OBJ_OCC3D_INDEX)
+    rows = []
+    for r in map(json.loads, Path(args.results).read_text().splitlines()):
+        run_dir = work / "runs" / "cached" / f"{r['run']}-s{r['seed']}"
+        ck = latest_checkpoint(run_dir)
+        info = work / "features" / f"closed-s{r['seed']}.json"
+        if ck is None or not info.is_file():
+            continue
+        feats = json.loads(info.read_text())
+        cfg = cs.run_config(work, r["seed"], run_dir, [f"data.features_file={feats['train']}"])
+        _, _, _, bank, _, spec, _, model = train_ago.build_everything(cfg)
+        load_checkpoint(ck, model)
+        model.eval()
+        n = obj = right = 0
+        margins = []
+        with torch.no_grad():
+            for smp in train_ago.load_feature_samples(feats["val"], spec):
+                lg = model(smp.images[None], [None], bank, None, None)["class_logits"][0].reshape(-1, 18)
+                gt = smp.semantics.reshape(-1)
+                sel = smp.mask_camera.reshape(-1) & torch.isin(gt, kidx)
+                if not sel.any():
+                    continue
+                lg, gt = lg[sel], gt[sel]
+                other = torch.ones(18, dtype=torch.bool)
+                other[kidx] = False
+                n += len(gt)
+                obj += int(torch.isin(lg.argmax(1), kidx).sum())
+                right += int((kidx[lg[:, kidx].argmax(1)] == gt).sum())
+                margins.append(lg[:, kidx].max(1).values - lg[:, other].max(1).values)
+        m = torch.cat(margins)
+        rows.append({"run": r["run"], "seed": r["seed"], "n": n, "object_share": 100 * obj / max(1, n),
+                     "kobj_accuracy": 100 * right / max(1, n), "margin": float(m.mean())})
+    by: dict = {}
+    for x in rows:
+        by.setdefault(x["run"], {})[x["seed"]] = x
+    base = by.get("baseline", {})
+    lines = ["### Validation voxels of K_obj classes (GT), per run: mean ± std over seeds; Δ = paired vs baseline (p)", "",
+             "| run | n seeds | predicted as an object (%) | K_obj-only argmax accuracy (%) | Δ (p) | margin max K_obj − max other logit |",
+             "|---|---|---|---|---|---|"]
+    for name in [n for n in run_table() if n in by]:
+        sd = by[name]
+        a = np.array([sd[k]["kobj_accuracy"] for k in sorted(sd)])
+        o = np.array([sd[k]["object_share"] for k in sorted(sd)])
+        g = np.array([sd[k]["margin"] for k in sorted(sd)])
+        common = sorted(set(sd) & set(base))
+        d = "—"
+        if name != "baseline" and common:
+            x = [base[k]["kobj_accuracy"] for k in common]
+            y = [sd[k]["kobj_accuracy"] for k in common]
+            d = f"{np.mean(np.subtract(y, x)):+.2f} ({_paired(x, y):.3f})"
+        sdv = (lambda v: v.std(ddof=1) if len(v) > 1 else 0.0)
+        lines.append(f"| {name} | {len(sd)} | {o.mean():.2f} ± {sdv(o):.2f} | {a.mean():.2f} ± {sdv(a):.2f} | {d} | "
+                     f"{g.mean():.2f} ± {sdv(g):.2f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.md:
+        with open(args.md, "a") as f:
+            f.write("\n" + text + "\n")
+    return 0
+
+
 def study(args) -> int:
     """prepare (unless the work folder has it) + run + report, one command."""
     work = Path(args.work)
@@ -402,11 +498,15 @@ def study(args) -> int:
         return 1
     print(f"study runs: {time.time() - t0:.0f} s")
     args.results = [str(work / "results" / f"visa-{args.mode}.jsonl")]
-    return report(args)
+    rc = report(args)
+    if args.mode == "cached":  # where the terms act: the object voxels (appended to --md)
+        rc |= object_voxels(argparse.Namespace(work=str(work), results=args.results[0], md=args.md,
+                                               threads=args.threads))
+    return rc
 
 
 def main(argv=None) -> int:
-    """CLI (``occ_audit_exp_visa_sim``): prepare | run | report | study."""
+    """CLI (``occ_audit_exp_visa_sim``): prepare | run | report | objects | study."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -444,6 +544,12 @@ def main(argv=None) -> int:
     q.add_argument("--img", default=str(REPO / "docs" / "img"))
     q.add_argument("--md", default=None, help="also write the tables to this markdown file")
     q.add_argument("--note", default="")
+    q.add_argument("--work", default=None, help="work folder: adds the stage-1 learning curves")
+    o = sub.add_parser("objects", help="object-voxel analysis of trained cached runs (where VISA acts)")
+    o.add_argument("--work", required=True)
+    o.add_argument("--results", required=True, help="one results JSONL of `run`")
+    o.add_argument("--md", default=None, help="append the table to this markdown file")
+    o.add_argument("--threads", type=int, default=1)
     s = sub.add_parser("study")
     data_args(s)
     s.add_argument("--set", nargs="*", default=[], help="config overrides of the study (prepare)")
@@ -453,7 +559,7 @@ def main(argv=None) -> int:
     s.add_argument("--md", default=None)
     s.add_argument("--note", default="")
     args = ap.parse_args(argv)
-    return {"prepare": prepare, "run": run, "report": report, "study": study}[args.cmd](args)
+    return {"prepare": prepare, "run": run, "report": report, "objects": object_voxels, "study": study}[args.cmd](args)
 
 
 if __name__ == "__main__":

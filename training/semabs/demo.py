@@ -19,7 +19,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from occ_audit_ros import paths
+from occ_audit_ros.safe_pickle import load_numpy_pickle
 from occ_audit_ros.clip_model import load_clip
 from occ_audit_ros.relevancy import RelevancyConfig, RelevancyExtractor
 from occ_audit_ros.semabs.inference import SemAbsPredictor
@@ -44,8 +44,7 @@ def load_arkit_scene(path: str | Path | None = None) -> dict:
     path = Path(path) if path else paths.shared_dir() / ARKIT_PKL
     if not path.is_file():
         raise FileNotFoundError(f"ARKit demo frame {path} not found (set OCC_AUDIT_SHARED)")
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    return load_numpy_pickle(path, "Semantic Abstraction demo frame")
 
 
 def run(scene: dict, predictor: SemAbsPredictor, grid: int = 32) -> dict:

@@ -26,6 +26,7 @@ except ``enabled``; everything else defaults to ``training/config/visa.yaml``, d
       weights: {reliability: true}   # false: w = ρ only (ablation "no reliability weighting")
       losses: {lambda_tax: 0.5, ...} # any key of the losses section
       auditor: {simulated: {accuracy: 0.8, seed: 0}}   # any key of the auditor section
+      object_mass: false          # diagnostic: L_tax on unrenormalised K_obj probabilities (VisaExtraLoss)
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ import yaml
 from occ_audit_ros.voxel_grid import VoxelGridSpec
 from training.visa.grounding import keyframe_semantics_from_lidar
 from training.visa.integration import concat_targets, keyframe_targets
-from training.visa.losses import AuditTargets, GraphEdges, VisaLossConfig, graph_edges, ramp, visa_loss
+from training.visa.losses import (AuditTargets, GraphEdges, VisaLossConfig, gather_logits, graph_edges, ramp,
+                                  taxonomy_loss, visa_loss)
 from training.visa.taxonomy import K_OBJ_OCC3D_INDEX
 
 
@@ -63,13 +65,17 @@ class VisaExtraLoss:
         start_step: step the run starts (resumes) at.
         seed: seed of the graph-edge subsampling.
         k_obj_index: logits columns of K_obj (default Occ3D 1..10, the closed vocabulary).
+        object_mass: diagnostic variant of L_tax: the row's pooled probabilities of the K_obj classes
+            are used as they are (their sum = the row's object probability) instead of renormalised
+            within K_obj (visa.md §7), so the term also raises the objects against stuff and free.
+            L_attr and L_graph are unchanged. Default False (the design).
 
     Raises:
         ValueError: for ``steps_per_epoch < 1``.
     """
 
     def __init__(self, targets_by_token: dict[str, AuditTargets], loss_cfg=None, steps_per_epoch: int = 1,
-                 start_step: int = 0, seed: int = 0, k_obj_index=K_OBJ_OCC3D_INDEX) -> None:
+                 start_step: int = 0, seed: int = 0, k_obj_index=K_OBJ_OCC3D_INDEX, object_mass: bool = False) -> None:
         if steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         self.targets = targets_by_token
@@ -78,6 +84,7 @@ class VisaExtraLoss:
         self.step = int(start_step)
         self.generator = torch.Generator().manual_seed(seed)
         self.k_obj_index = tuple(k_obj_index)
+        self.object_mass = bool(object_mass)
         self._frames = 1 + max([int(t.frame.max()) for t in self.targets.values() if len(t.frame)] or [0])
         self._cache: dict = {}
 
@@ -127,6 +134,13 @@ class VisaExtraLoss:
         edges = GraphEdges(torch.cat(I).to(dev), torch.cat(J).to(dev), torch.cat(P).to(dev))
         out = visa_loss(logits.permute(0, 4, 1, 2, 3), targets, self.cfg, epoch=None, edges=edges,
                         k_obj_index=self.k_obj_index)
+        if self.object_mass:  # L_tax on the absolute K_obj probabilities (not renormalised within K_obj)
+            flat = logits.reshape(-1, logits.shape[-1])
+            valid = (targets.voxel_index >= 0).to(flat.dtype)
+            p = torch.softmax(gather_logits(flat, targets.voxel_index), dim=-1) * valid[..., None]
+            pbar = p.sum(1) / valid.sum(1, keepdim=True).clamp(min=1.0)
+            pk = pbar[:, torch.as_tensor(self.k_obj_index, device=dev)]
+            out["tax"] = taxonomy_loss(pk, targets, self.cfg.alpha, self.cfg.beta)
         return {"visa_tax": k * self.cfg.lambda_tax * out["tax"],
                 "visa_attr": k * self.cfg.lambda_attr * out["attr"],
                 "visa_graph": k * self.cfg.lambda_graph * out["graph"]}
@@ -325,7 +339,8 @@ def build_extra_losses(visa_cfg: dict, cfg: dict) -> list:
         targets, _ = split_targets(vcfg, cfg["data"], spec)
         n_samples = len(targets)  # one entry per training sample, rows or not
     steps = vcfg.get("steps_per_epoch") or math.ceil(n_samples / max(1, int(cfg.get("optim", {}).get("batch_size", 1))))
-    return [VisaExtraLoss(targets, loss_cfg, steps_per_epoch=max(1, steps), seed=int(cfg.get("seed", 0)))]
+    return [VisaExtraLoss(targets, loss_cfg, steps_per_epoch=max(1, steps), seed=int(cfg.get("seed", 0)),
+                          object_mass=bool(vcfg.get("object_mass", False)))]
 
 
 __all__ = ["VisaExtraLoss", "keyframe_targets_for_tokens", "load_visa_config", "simulate_split_audits",

@@ -39,7 +39,7 @@ from training.visa.auditors import AuditRequest, SimulatedAuditor
 from training.visa.crops import keyframe_instance_token, keyframe_views, select_crop
 from training.visa.schema import QUALITIES, make_record
 from occ_audit_ros.atomic import write_bytes_atomic
-from training.visa.store import AuditStore, merge_stores
+from training.visa.store import AuditStore, check_unlocked, merge_stores
 from training.visa.taxonomy import K_OBJ, category_to_class
 
 LOG = logging.getLogger("generate_audits")
@@ -204,8 +204,17 @@ def run_shard(work: list[WorkItem], auditor, out_dir: Path, shard: tuple[int, in
     The SIMULATED auditor gets the GT class and no image (it never looks at one); real auditors
     get the padded crop and never the GT class.
 
+    The shard's stores are locked while it runs (:class:`~training.visa.store.AuditStore`): a second
+    generator on the same output and shard raises ``StoreLocked``. This run's counters and auditor
+    statistics are saved as one entry of ``stats.shard-I-of-N.json``'s ``runs`` every
+    :data:`STATS_EVERY` instances and at the end, so a killed run still counts in the report's
+    totals (up to its last save). Temporary files of writes killed mid-way are removed first.
+
     Returns:
         This run's counters ``{"written", "rejected", "skipped_done"}``.
+
+    Raises:
+        StoreLocked: another process is writing this shard.
     """
     from tqdm import tqdm
 
@@ -216,9 +225,22 @@ def run_shard(work: list[WorkItem], auditor, out_dir: Path, shard: tuple[int, in
         work = work[:limit]
     counts = {"written": 0, "rejected": 0, "skipped_done": 0}
     with AuditStore(out_dir / audits_name) as store, AuditStore(out_dir / rejected_name) as rejected:
+        removed = remove_stale_temporaries(out_dir, [stats_name])  # under the lock: no live writer owns them
+        if removed:
+            LOG.warning("shard %d/%d: removed %d temporary files left by a killed run", i, n, removed)
         if store.truncated_bytes or rejected.truncated_bytes:
             LOG.warning("shard %d/%d: removed a torn last line (%d bytes) left by a killed run",
                         i, n, store.truncated_bytes + rejected.truncated_bytes)
+        stats_path = out_dir / stats_name
+        prev = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+        runs = list(prev.get("runs", []))
+
+        def save_stats(fsync: bool = False) -> None:  # kill -9 keeps the page cache; fsync at the end
+            entry = {"counts": dict(counts), "auditor_stats": auditor.stats.as_dict()}
+            body = {"auditor": auditor.describe(), "runs": runs + [entry]}
+            write_bytes_atomic(stats_path, json.dumps(body, indent=1).encode(), fsync=fsync)
+
+        done = 0
         for item in tqdm(work, desc=f"audits {i}/{n}", disable=not progress, unit="inst"):
             token = item.token
             if token in store or token in rejected:
@@ -231,13 +253,54 @@ def run_shard(work: list[WorkItem], auditor, out_dir: Path, shard: tuple[int, in
             else:
                 store.append(record)
                 counts["written"] += 1
+            done += 1
+            if done % STATS_EVERY == 0:
+                save_stats()
             if throttle_s > 0:
                 time.sleep(throttle_s)
-    prev = json.loads((out_dir / stats_name).read_text()) if (out_dir / stats_name).exists() else {}
-    stats = {"auditor": auditor.describe(), "runs": prev.get("runs", []) + [
-        {"counts": counts, "auditor_stats": auditor.stats.as_dict()}]}
-    write_bytes_atomic(out_dir / stats_name, json.dumps(stats, indent=1).encode(), fsync=True)
+        save_stats(fsync=True)
     return counts
+
+
+#: Instances between two saves of a run's statistics (a killed run's totals miss at most the instance
+#: in flight; the statistics file is small beside an audit).
+STATS_EVERY = 1
+_STAT_KEYS = ("requests", "accepted_first", "accepted_retry", "rejected")
+
+
+def remove_stale_temporaries(out_dir: Path, names) -> int:
+    """Remove the temporary files ``.<name>.*`` that :func:`occ_audit_ros.atomic.atomic_path` leaves
+    beside each of ``names`` when its writer is killed; call only while holding the output's lock.
+    Returns how many were removed."""
+    n = 0
+    for name in names:
+        for tmp in Path(out_dir).glob(f".{name}.*"):
+            try:
+                tmp.unlink()
+                n += 1
+            except FileNotFoundError:
+                pass
+    return n
+
+
+def cumulative_stats(shard_stats: list[dict]) -> dict:
+    """Totals over every run of every shard (resumes included): ``{"counts": {...},
+    "auditor_stats": {"requests", "accepted_first", "accepted_retry", "rejected", "reasons"}, "runs"}``."""
+    counts: dict[str, int] = {}
+    auditor = {k: 0 for k in _STAT_KEYS}
+    reasons: dict[str, int] = {}
+    runs = 0
+    for shard in shard_stats:
+        for run in shard.get("runs", []):
+            runs += 1
+            for k, v in run.get("counts", {}).items():
+                counts[k] = counts.get(k, 0) + int(v)
+            st = run.get("auditor_stats", {})
+            for k in _STAT_KEYS:
+                auditor[k] += int(st.get(k, 0))
+            for k, v in st.get("reasons", {}).items():
+                reasons[k] = reasons.get(k, 0) + int(v)
+    return {"counts": counts, "auditor_stats": {**auditor, "reasons": reasons}, "runs": runs}
 
 
 def agreement_report(records: dict[str, dict]) -> dict:
@@ -298,14 +361,19 @@ def save_confusion_png(report: dict, path: Path, title: str) -> None:
 def merge_and_report(out_dir: Path, n: int) -> dict:
     """Merge the N shard stores, write ``audits.jsonl``, ``rejected.jsonl``, ``report.json``, ``confusion.png``.
 
+    ``report.json`` carries ``totals``: counters and auditor statistics summed over every run of
+    every shard (:func:`cumulative_stats`), so a resumed job reports all its work, not its last run.
+
     Raises:
         FileNotFoundError: when a shard store is missing (that shard has not run).
+        StoreLocked: when a shard is still being written by another process.
     """
     audit_paths, rejected_paths, stats = [], [], []
     for i in range(n):
         a, r, s = _shard_names(i, n)
         if not (out_dir / a).exists():
             raise FileNotFoundError(f"shard {i}/{n} store {out_dir / a} missing; run that shard first")
+        check_unlocked(out_dir / a)
         audit_paths.append(out_dir / a)
         rejected_paths.append(out_dir / r)
         if (out_dir / s).exists():
@@ -314,7 +382,8 @@ def merge_and_report(out_dir: Path, n: int) -> dict:
     rejected = merge_stores([p for p in rejected_paths if p.exists()], out_dir / "rejected.jsonl")
     report = agreement_report(records)
     kinds = sorted({r["vlm"]["kind"] for r in records.values()})
-    report.update(auditor_kinds=kinds, rejected=len(rejected), shards=n, shard_stats=stats)
+    report.update(auditor_kinds=kinds, rejected=len(rejected), shards=n, shard_stats=stats,
+                  totals=cumulative_stats(stats))
     if "SIMULATED" in kinds:
         report["note"] = "SIMULATED audits: controlled experiment, not VLM output"
     write_bytes_atomic(out_dir / "report.json", json.dumps(report, indent=1).encode(), fsync=True)

@@ -6,10 +6,17 @@ line; :meth:`AuditStore.open` truncates such a tail (the record was never comple
 redone) and loads the keys already present, so a resumed job neither loses nor duplicates a
 record. Shards write their own files; :func:`merge_stores` combines them atomically
 (temp file + ``os.replace``).
+
+A store is written by one process at a time: :class:`AuditStore` holds an exclusive
+``fcntl.flock`` on its file while open (released by the kernel when the process dies, even by
+``kill -9``), so a second writer on the same output refuses with :class:`StoreLocked` instead of
+doing all the work twice; :func:`check_unlocked` lets a reader (the merge) refuse a store that is
+still being written.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -19,6 +26,29 @@ from occ_audit_ros.atomic import write_bytes_atomic
 
 class StoreCorrupt(RuntimeError):
     """A store line other than a torn last line is not valid JSON or has no key."""
+
+
+class StoreLocked(RuntimeError):
+    """Another process has the store open for writing (its exclusive lock is held)."""
+
+
+def _lock_or_raise(fd: int, path: Path, mode: int) -> None:
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLocked(f"{path} is being written by another process (its lock is held): run one generator "
+                          "per output and shard, or wait for the other to finish") from None
+
+
+def check_unlocked(path) -> None:
+    """Raise :class:`StoreLocked` when a writer holds ``path``'s lock (a missing file is unlocked)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    _lock_or_raise(fd, path, fcntl.LOCK_SH)
+    os.close(fd)
 
 
 def _read_lines(path: Path, key: str) -> tuple[dict[str, dict], int, int]:
@@ -62,20 +92,32 @@ class AuditStore:
 
     Attributes:
         truncated_bytes: bytes of a torn last line removed when opening.
+
+    Raises:
+        StoreLocked: another process has this store open (exclusive ``flock``, taken before the
+            file is read, held until :meth:`close` or the process ends).
+        StoreCorrupt: an invalid complete line.
     """
 
     def __init__(self, path, key: str = "instance_token", fsync: bool = True) -> None:
         self.path = Path(path)
         self.key = key
         self.fsync = fsync
+        self._fd = -1
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        records, end, self.duplicates = _read_lines(self.path, key)
-        self.keys = set(records)
-        self.truncated_bytes = 0
-        if self.path.exists() and self.path.stat().st_size > end:
-            self.truncated_bytes = self.path.stat().st_size - end
-            os.truncate(self.path, end)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _lock_or_raise(fd, self.path, fcntl.LOCK_EX)
+        try:
+            records, end, self.duplicates = _read_lines(self.path, key)
+            self.keys = set(records)
+            self.truncated_bytes = 0
+            if self.path.stat().st_size > end:
+                self.truncated_bytes = self.path.stat().st_size - end
+                os.ftruncate(fd, end)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
 
     def __contains__(self, token: str) -> bool:
         return token in self.keys
