@@ -109,10 +109,11 @@ class MultiCameraSynchronizer:
     already completed a later frame (this one was lost), it has been silent for ``timeout_ns``, or
     the newest stamp seen on any stream is ``timeout_ns`` past ``p``. Sets with fewer than
     ``min_cameras`` cameras are dropped (counted in :attr:`dropped`). A camera frame that completes
-    after a set covering its stamp went out without it (a late frame: the timeout had passed) is
-    discarded and counted in :attr:`late_frames`, so it never forms a second set at that stamp; with
-    ``slop_ns`` below half the camera period a window never reaches a camera's next frame. Stamps
-    going backwards on a stream (bag loop, replay restart) reset that camera and the emitted window.
+    after a set covering its stamp went out without that camera (a late frame: the timeout had
+    passed) is discarded and counted in :attr:`late_frames`, so it never forms a second set at that
+    stamp; with ``slop_ns`` below half the camera period a window never reaches a camera's next
+    frame. (A camera that was in the set may resend the same stamp: that frame counts again.) Stamps
+    going backwards on a stream (bag loop, replay restart) reset that camera.
 
     Time is stream time: the newest stamp seen; :meth:`poll` advances it from a clock (so the last
     set of a stream that stopped is still emitted).
@@ -157,7 +158,8 @@ class MultiCameraSynchronizer:
         self._newest_complete: dict[Hashable, int] = {}
         self._now = None
         self._start = None  # first stamp seen: a camera never heard from is silent from here
-        self._emitted_until = None  # upper end of the last emitted (or dropped) set's window [ns]
+        # camera -> upper end [ns] of the window of the last set that went out without it
+        self._missed_until: dict[Hashable, int] = {}
         #: Sets dropped for having fewer than ``min_cameras`` cameras.
         self.dropped = 0
         #: Camera frames discarded incomplete (a message of theirs never came).
@@ -180,7 +182,6 @@ class MultiCameraSynchronizer:
             last = self._last_stream.get((camera, kind))
             if last is not None and stamp_ns < last:
                 self._reset_camera(camera)  # time went backwards on this stream: start over
-                self._emitted_until = None
             self._last_stream[(camera, kind)] = stamp_ns
             self._last_seen[camera] = max(self._last_seen.get(camera, stamp_ns), stamp_ns)
             self._now = stamp_ns if self._now is None or self._now < stamp_ns else self._now
@@ -214,7 +215,7 @@ class MultiCameraSynchronizer:
         with self._lock:
             for c in self.cameras:
                 self._reset_camera(c)
-            self._now = self._start = self._emitted_until = None
+            self._now = self._start = None
 
     # ------------------------------------------------------------------ internals
 
@@ -222,6 +223,7 @@ class MultiCameraSynchronizer:
         self._partial[camera].clear()
         self._complete[camera].clear()
         self._newest_complete.pop(camera, None)
+        self._missed_until.pop(camera, None)
         self._last_seen.pop(camera, None)
         for key in [k for k in self._last_stream if k[0] == camera]:
             del self._last_stream[key]
@@ -256,11 +258,11 @@ class MultiCameraSynchronizer:
         out = []
         window = 2 * self.slop_ns
         while True:
-            if self._emitted_until is not None:
-                for q in self._complete.values():
-                    while q and q[0][0] <= self._emitted_until:
-                        q.popleft()
-                        self.late_frames += 1
+            for cam, until in self._missed_until.items():
+                q = self._complete[cam]
+                while q and q[0][0] <= until:
+                    q.popleft()
+                    self.late_frames += 1
             heads = [q[0][0] for q in self._complete.values() if q]
             if not heads:
                 return out
@@ -286,7 +288,8 @@ class MultiCameraSynchronizer:
                 q = self._complete[cam]
                 while q and q[0][0] <= stamp:
                     q.popleft()
-            self._emitted_until = p + window
+            for cam in missing:
+                self._missed_until[cam] = p + window
             if len(chosen) >= self.min_cameras:
                 out.append(SyncedSet({c: m for c, (_, m) in chosen.items()},
                                      {c: s for c, (s, _) in chosen.items()}, tuple(missing)))

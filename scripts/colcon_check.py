@@ -202,11 +202,14 @@ def source_digest(repo: Path = REPO_ROOT) -> str:
 
 def write_fixups(path: Path) -> Path:
     """scripts/build_msgs.py's cmake fixups for this venv's Python and NumPy include directories."""
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    try:
-        import build_msgs  # noqa: PLC0415
-    finally:
-        sys.path.pop(0)
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("build_msgs", REPO_ROOT / "scripts" / "build_msgs.py")
+    build_msgs = sys.modules.get("build_msgs")
+    if build_msgs is None:
+        build_msgs = importlib.util.module_from_spec(spec)
+        sys.modules["build_msgs"] = build_msgs  # its dataclasses look their module up there
+        spec.loader.exec_module(build_msgs)
     python_include, numpy_include = build_msgs.python_build_paths()
     path.write_text(build_msgs.FIXUPS_CMAKE.replace("@PYTHON_INCLUDE@", python_include)
                     .replace("@NUMPY_INCLUDE@", numpy_include))

@@ -31,6 +31,10 @@ never receives data stamped in its future) and at ``clock_rate`` Hz while waitin
 messages. When the bag has its own ``/clock`` (``nuscenes_to_bag`` writes one) that recorded
 clock is replayed as any other topic and none is synthesised, so there is exactly one clock source.
 The player itself always runs on wall time; do not give it ``use_sim_time``.
+
+A truncated mcap (no summary, index or footer: rosbags' reader refuses it) is read sequentially
+(:func:`salvage_mcap`, :func:`iter_truncated_mcap`): one warning names the file, the byte offset,
+the number of complete messages and the last stamp, and those messages are played in file order.
 """
 
 from __future__ import annotations
@@ -148,6 +152,156 @@ def resolve_message_type(type_name: str) -> type:
             f"message type {canonical!r}: module {module_name!r} has no message class {name!r}"
         )
     return cls
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged (truncated) mcap files: a sequential read of the data section
+# ---------------------------------------------------------------------------------------------
+
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+@dataclass
+class SalvagedMcap:
+    """What a sequential scan could read of an mcap whose end (summary, index, footer) is missing.
+
+    Attributes:
+        path: the .mcap file.
+        connections: rosbags ``Connection``s found before the cut (``msgcount`` = messages read).
+        message_count: complete messages read.
+        valid_bytes: byte offset up to which the file was read (end of the last complete record).
+        size_bytes: size of the file [bytes].
+        last_stamp_ns: log time of the last complete message [ns], None when there is none.
+        first_stamp_ns: smallest log time read [ns], None when there is none.
+        stop_reason: why the scan stopped (rosbags' error at the cut; "" = the data section ended).
+    """
+
+    path: Path
+    connections: list[Any]
+    message_count: int
+    valid_bytes: int
+    size_bytes: int
+    last_stamp_ns: int | None
+    first_stamp_ns: int | None
+    stop_reason: str
+
+    def describe(self) -> str:
+        """One line: where the scan stopped (file, byte offset, messages, last stamp)."""
+        pct = 100.0 * self.valid_bytes / self.size_bytes if self.size_bytes else 0.0
+        last = "none" if self.last_stamp_ns is None else f"{self.last_stamp_ns / 1e9:.6f} s"
+        return (f"{self.path}: read sequentially up to byte {self.valid_bytes} of {self.size_bytes} "
+                f"({pct:.1f} %): {self.message_count} complete messages, last stamp {last}"
+                + (f"; stopped at: {self.stop_reason.rstrip('.')}" if self.stop_reason else ""))
+
+
+def _mcap_data_reader(path: Path):
+    """A rosbags ``McapReader`` positioned on the data section, without reading summary or footer.
+
+    Raises:
+        BagNotFoundError: the file does not start with an mcap magic and ros2 header.
+    """
+    from rosbags.rosbag2.storage_mcap import McapReader, ReaderError, read_sized
+
+    reader = McapReader(path)
+    reader.bio = path.open("rb")
+    try:
+        if reader.bio.read(8) != _MCAP_MAGIC or reader.bio.read(1) != b"\x01":
+            raise BagNotFoundError(f"{path}: not an mcap file (no mcap magic and header record)")
+        read_sized(reader.bio)
+    except (ReaderError, OSError) as exc:
+        reader.bio.close()
+        raise BagNotFoundError(f"{path}: mcap header unreadable: {exc}") from exc
+    except BaseException:
+        reader.bio.close()
+        raise
+    reader.data_start = reader.bio.tell()
+    reader.data_end = path.stat().st_size
+    return reader
+
+
+def _scan_errors() -> tuple[type[BaseException], ...]:
+    import struct
+
+    from rosbags.rosbag2.storage_mcap import ReaderError
+
+    # ReaderError: a record cut short; struct.error / TypeError / ValueError: a header cut short
+    return (ReaderError, struct.error, TypeError, ValueError, EOFError)
+
+
+def iter_truncated_mcap(path: str | Path, topics: set[str] | None = None):
+    """Complete messages of an mcap in file order, read sequentially (no summary, no index needed).
+
+    Stops silently at the first incomplete record; :func:`salvage_mcap` reports where.
+
+    Args:
+        path: the .mcap file (possibly truncated).
+        topics: only these topics; None = all.
+
+    Yields:
+        ``(connection, log_time_ns, cdr_bytes)``; a chunk is yielded only when it is complete.
+
+    Raises:
+        BagNotFoundError: the file is not an mcap (bad magic or header).
+    """
+    reader = _mcap_data_reader(Path(path))
+    try:
+        try:
+            reader.meta_scan()  # schemas and channels before the cut
+        except _scan_errors():
+            pass
+        conns = [c for c in reader.connections if topics is None or c.topic in topics]
+        try:
+            yield from reader.messages_scan(conns)
+        except _scan_errors():
+            return
+    finally:
+        reader.close()
+
+
+def salvage_mcap(path: str | Path) -> SalvagedMcap:
+    """Scan a damaged mcap sequentially: connections, complete messages and where the data stops.
+
+    For an mcap whose end is missing (a recording killed, a copy cut off) rosbags' reader refuses the
+    file (it needs the footer and summary); the data section before the cut is still readable record
+    by record (MCAP specification, "Records": opcode, uint64 length, content).
+
+    Raises:
+        BagNotFoundError: the file is not an mcap (bad magic or header).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    reader = _mcap_data_reader(path)
+    reason = ""
+    counts: dict[int, int] = {}
+    n, first, last, good = 0, None, None, reader.data_start
+    try:
+        try:
+            reader.meta_scan()
+        except _scan_errors():
+            pass
+        try:
+            for conn, stamp, _ in reader.messages_scan(list(reader.connections)):
+                n += 1
+                counts[conn.id] = counts.get(conn.id, 0) + 1
+                first = stamp if first is None else min(first, stamp)
+                last = stamp
+                good = reader.bio.tell()  # after the message, or after the whole (complete) chunk
+        except _scan_errors() as exc:
+            reason = str(exc) or exc.__class__.__name__
+        else:
+            good = size
+        connections = [c._replace(msgcount=counts.get(c.id, 0)) for c in reader.connections]
+    finally:
+        reader.close()
+    return SalvagedMcap(path, connections, n, good, size, last, first, reason)
+
+
+def _mcap_of(bag_path: Path) -> Path | None:
+    """The single .mcap file of a bag (the file itself or the only one in the directory), else None."""
+    if bag_path.is_file():
+        return bag_path if bag_path.suffix == ".mcap" else None
+    found = sorted(bag_path.glob("*.mcap"))
+    return found[0] if len(found) == 1 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,17 +582,31 @@ class BagPlayer(Node):
         include = list(self.get_parameter("topics").value)
         skip_unknown = bool(self.get_parameter("skip_unknown_types").value)
         depth = self._qos_depth()
-        reader = self._reader()
+        self._salvaged: SalvagedMcap | None = None
         try:
+            reader = self._reader()
             reader.open()
-        except (ReaderError, OSError, ValueError) as exc:
-            raise BagNotFoundError(f"cannot open bag {self._bag_path}: {exc}") from exc
-        try:
-            connections = list(reader.connections)
-            total = reader.message_count
-            duration_s = reader.duration / 1e9 if total else 0.0
-        finally:
-            reader.close()
+        except (BagNotFoundError, ReaderError, OSError, ValueError) as exc:
+            mcap = _mcap_of(self._bag_path)
+            if mcap is None:
+                raise BagNotFoundError(f"cannot open bag {self._bag_path}: {exc}") from exc
+            # a truncated mcap: rosbags needs its summary and footer; read the data section instead
+            salvaged = salvage_mcap(mcap)
+            if salvaged.message_count == 0:
+                raise BagNotFoundError(f"cannot open bag {self._bag_path}: {exc}; {salvaged.describe()}") from exc
+            self.get_logger().warning(f"bag {self._bag_path} is damaged ({exc}); {salvaged.describe()}; "
+                                      "playing those messages in file order")
+            self._salvaged = salvaged
+            connections = salvaged.connections
+            total = salvaged.message_count
+            duration_s = (salvaged.last_stamp_ns - salvaged.first_stamp_ns) / 1e9
+        else:
+            try:
+                connections = list(reader.connections)
+                total = reader.message_count
+                duration_s = reader.duration / 1e9 if total else 0.0
+            finally:
+                reader.close()
 
         by_topic: dict[str, list[Any]] = {}
         for conn in connections:
@@ -484,6 +652,11 @@ class BagPlayer(Node):
         return plans
 
     # -- public state --------------------------------------------------------------------------
+
+    @property
+    def salvaged(self) -> SalvagedMcap | None:
+        """For a damaged mcap that rosbags could not open: what the sequential read found (else None)."""
+        return self._salvaged
 
     @property
     def bag_path(self) -> Path:
@@ -658,6 +831,23 @@ class BagPlayer(Node):
             self.done.set()
             self._play_lock.release()
 
+    def _messages(self):
+        """``(topic, stamp_ns, cdr_bytes)`` of one pass over the replayed topics: rosbags' reader in
+        bag time order, or for a damaged mcap the sequential read of what is intact (file order)."""
+        if self._salvaged is not None:
+            for conn, stamp_ns, data in iter_truncated_mcap(self._salvaged.path, set(self._plans)):
+                yield conn.topic, stamp_ns, data
+            return
+        reader = self._reader()
+        reader.open()
+        try:
+            # Connections of *this* reader: ids are per open, so do not reuse older ones.
+            connections = [c for c in reader.connections if c.topic in self._plans]
+            for conn, stamp_ns, data in reader.messages(connections=connections):
+                yield conn.topic, stamp_ns, data
+        finally:
+            reader.close()
+
     def _play(self) -> PlaybackSummary:
         rate = float(self.get_parameter("rate").value)
         loops = int(self.get_parameter("loop").value)
@@ -703,8 +893,7 @@ class BagPlayer(Node):
             # A Ctrl-C shuts the context down (rclpy's handler) rather than raising here.
             if self._stop.is_set() or not self.context.ok():
                 break
-            reader = self._reader()
-            reader.open()
+            messages = self._messages()
             try:
                 self._t0 = time.monotonic()
                 self._last_tick = self._t0
@@ -712,9 +901,7 @@ class BagPlayer(Node):
                 self._last_clock_ns = -1
                 bag0_ns = None
                 published = 0
-                # Connections of *this* reader: ids are per open, so do not reuse older ones.
-                connections = [c for c in reader.connections if c.topic in self._plans]
-                for conn, stamp_ns, data in reader.messages(connections=connections):
+                for topic, stamp_ns, data in messages:
                     if bag0_ns is None:
                         bag0_ns = stamp_ns
                     if rate > 0:
@@ -725,13 +912,13 @@ class BagPlayer(Node):
                         break  # rate 0: no timing, but pause and stop are still honoured
                     try:
                         self._publish_clock(stamp_ns)
-                        self._bag_publishers[conn.topic].publish(bytes(data))
+                        self._bag_publishers[topic].publish(bytes(data))
                     except Exception:
                         if not self.context.ok():  # shut down under our feet (Ctrl-C)
                             break
                         raise
                     published += 1
-                    summary.per_topic[conn.topic] += 1
+                    summary.per_topic[topic] += 1
                     summary.messages_published += 1
                     now = time.monotonic()
                     if now >= next_progress:
@@ -743,7 +930,7 @@ class BagPlayer(Node):
                 else:
                     summary.loops_completed += 1
             finally:
-                reader.close()
+                messages.close()
             loop_index += 1
         summary.wall_duration_s = time.monotonic() - wall_start
         summary.clock_messages = self._clock_count

@@ -81,6 +81,74 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Overlay of a replay: reliable camera inputs (best-effort full-size images are lost between processes).
+REPLAY_PARAMS_FILE = "config/replay.yaml"
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Check every argument of the demo before anything is converted, loaded or started.
+
+    Checks: ``--rate`` >= 0 and finite, ``--timeout`` > 0, ``--bag`` a rosbag2 directory (with
+    metadata.yaml), ``--dataroot`` an existing directory (when no ``--bag``), ``--cameras`` known
+    nuScenes channels without repeats, ``--hidden-query`` of three non-empty parts, and every
+    parameter file (base, replay overlay, model overlay, extra files: merged in load order) readable
+    YAML with a ``perception_node`` (or ``/**``) section whose parameters validate
+    (:func:`occ_audit_ros.params.validate`).
+
+    Raises:
+        ValueError: the first bad argument, in one line naming the option (and the file).
+        FileNotFoundError: a missing bag, data root or parameter file.
+    """
+    import yaml
+
+    from occ_audit_ros.launch_static import LaunchParseError, flatten_params_file
+    from occ_audit_ros.params import QOS_OVERRIDE_PREFIX, validate
+
+    if not (math.isfinite(args.rate) and args.rate >= 0):
+        raise ValueError(f"--rate must be >= 0 (0 = as fast as possible), got {args.rate}")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.bag is not None:
+        if not (args.bag / "metadata.yaml").is_file():
+            raise FileNotFoundError(f"--bag {args.bag}: not a rosbag2 directory (no metadata.yaml)")
+    elif not Path(args.dataroot).is_dir():
+        raise FileNotFoundError(f"--dataroot {args.dataroot}: no such directory")
+    cams = None
+    if args.cameras is not None:
+        cams = [c.strip() for c in args.cameras.split(",") if c.strip()]
+        bad = [c for c in cams if c not in conventions.CAMERA_CHANNELS]
+        if not cams or bad or len(set(cams)) != len(cams):
+            raise ValueError(f"--cameras {args.cameras!r}: expected distinct comma-separated channels of "
+                             f"{list(conventions.CAMERA_CHANNELS)}" + (f"; unknown {bad}" if bad else ""))
+    if args.hidden_query is not None:
+        parts = [x.strip() for x in args.hidden_query.split(";")]
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"--hidden-query {args.hidden_query!r}: expected TARGET;RELATION;REFERENCE")
+    base, *more = args.params_file or [None]
+    files = params_files(None, base) + [paths.resource(REPLAY_PARAMS_FILE)] + [Path(f) for f in more]
+    if args.model:
+        files += params_files(args.model)[1:]
+    values = {}
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"parameter file {f} not found")
+        try:
+            values.update(flatten_params_file(f, "perception_node"))
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" (line {where.line + 1})" if where is not None else ""
+            raise ValueError(f"parameter file {f}: not valid YAML{at}: "
+                             f"{getattr(err, 'problem', None) or err}") from None
+        except (LaunchParseError, AttributeError, TypeError) as err:
+            raise ValueError(f"parameter file {f}: not a ROS 2 parameter file: {err}") from None
+    if cams is not None:
+        values["cameras"] = cams
+    try:
+        validate({k: v for k, v in values.items() if not k.startswith(QOS_OVERRIDE_PREFIX)})
+    except ValueError as err:
+        raise ValueError(f"parameter files {[str(f) for f in files]}: {err}") from None
+
+
 def _remove_previous(path: Path) -> None:
     """Delete a bag directory this demo wrote before (only if it looks like a bag)."""
     for p in (path, path.with_name(path.name + ".partial")):
@@ -336,7 +404,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.output.resolve()
     out.mkdir(parents=True, exist_ok=True)
     base, *more = args.params_file or [None]
-    files = params_files(None, base) + [Path(f) for f in more]
+    # the replay overlay (reliable camera inputs, config/replay.yaml) after the base; the caller's own
+    # files come after it and win
+    files = params_files(None, base) + [paths.resource(REPLAY_PARAMS_FILE)] + [Path(f) for f in more]
     if args.model:
         files += params_files(args.model)[1:]
     for f in files:
@@ -510,9 +580,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``occ_audit_demo``."""
+    """Entry point of ``occ_audit_demo``: 0 done, 1 data/model/output error (a missing file included),
+    2 a bad argument value (checked by :func:`check_args` before anything is loaded)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_arg_parser().parse_args(argv)
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)  # every argument before a conversion or a model load
+    except FileNotFoundError as err:  # missing data, bag or parameter file: a data error (1)
+        print(f"occ_audit_demo: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        parser.error(str(err))  # a bad value: one line, exit status 2
     try:
         return run(args)
     except ClipWeightsUnavailable as err:

@@ -140,7 +140,8 @@ def test_replay_composition_and_arguments():
     assert set(by_exe) == {"perception_node", "bag_player"}  # rviz:=false drops rviz2
     perception = by_exe["perception_node"]
     assert perception.param_files == [paths.resource("config/perception.yaml"),
-                                      paths.resource("config/models/relevancy.yaml")]
+                                      paths.resource("config/models/relevancy.yaml"),
+                                      paths.resource("config/replay.yaml")]
     assert perception.params == {"clip_model": "openai/clip-vit-base-patch32", "use_sim_time": True}
     assert by_exe["bag_player"].params["rate"] == 0.0 and isinstance(by_exe["bag_player"].params["rate"], float)
     assert set(by_exe["bag_player"].params["wait_for_subscribers"]) == {conventions.image_topic(c)
@@ -151,6 +152,19 @@ def test_replay_composition_and_arguments():
         compose(ROOT / "launch" / "nuscenes_replay.launch.py", {})
     with pytest.raises(LaunchParseError, match="not a float"):
         compose(ROOT / "launch" / "nuscenes_replay.launch.py", {"bag": "b", "rate": "fast"})
+
+
+def test_replay_makes_camera_inputs_reliable_and_live_stays_best_effort():
+    """The replay composition loads config/replay.yaml: reliable image, camera_info and depth inputs for
+    every camera; perception.launch.py (live drivers) sets no QoS override (sensor-data default)."""
+    replay = {n.executable: n for n in compose(ROOT / "launch" / "nuscenes_replay.launch.py", {"bag": "b"})}
+    values = node_values(replay["perception_node"])
+    topics = input_topics(list(values["cameras"]))
+    assert len(topics) == 3 * len(conventions.CAMERA_CHANNELS)
+    for t in topics:
+        assert values[f"{QOS_OVERRIDE_PREFIX}{t}.subscription.reliability"] == "reliable", t
+    (live,) = compose(ROOT / "launch" / "perception.launch.py")
+    assert not any(k.startswith(QOS_OVERRIDE_PREFIX) for k in node_values(live))
 
 
 def test_checker_finds_broken_compositions(tmp_path):

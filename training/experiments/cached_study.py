@@ -37,8 +37,8 @@ def prepare_data(train_dirs, val_dirs, work, seeds=(0, 1, 2), config=CONFIG, ext
     """Write the work folder: ``train_samples.safetensors`` / ``val_samples.safetensors``
     (``ago.data.save_samples_file`` of every sample of the simulator folders), ``dictionary.txt``,
     ``text_cache.safetensors`` (MiniLM: the closed and open-world vocabularies, the noise-word pool of
-    every seed for both, the 17 classes as names / phrases / synonyms, ``extra_texts``) and
-    ``files.json`` (those paths).
+    every seed for both, the 17 classes as names / phrases / synonyms, the simulated VLM targets of
+    L_align, ``extra_texts``) and ``files.json`` (those paths).
 
     Args:
         train_dirs, val_dirs: simulator output folders (``training.sim.generate driving``; GT grid =
@@ -80,6 +80,9 @@ def prepare_data(train_dirs, val_dirs, work, seeds=(0, 1, 2), config=CONFIG, ext
     text = build_text_encoder("minilm", cache_file=work / "text_cache.safetensors")
     ccfg = load_class_config()
     texts = [p for ph in ccfg.phrases.values() for p in ph] + [n.replace("_", " ") for n in ccfg.classes]
+    from training.ago.oracle_vlm import oracle_target_texts
+
+    texts += [t for ts in oracle_target_texts(ccfg.phrases).values() for t in ts]  # L_align's simulated VLM
     texts += list(extra_texts)
     text.encode(texts)
     for mode in ("closed", "open_world_pretrain"):

@@ -315,7 +315,7 @@ def report(args) -> int:
            "p = scipy.stats.ttest_rel)", "", *lines, ""]
     # classes that move: |Δ IoU| >= 1 point in the main runs
     main = [n for n in ("visa", "no_reliability", "visa_soft", "tax_only", "attr_only", "graph_only",
-                        "acc60_w", "acc80_w", "acc100_w") if n in S and "d_iou" in S[n]]
+                        "acc60_w", "acc80_w", "acc100_w", "visa_objmass") if n in S and "d_iou" in S[n]]
     moved = sorted({c for n in main for c, (d, _) in S[n]["d_iou"].items() if abs(d) >= 1.0})
     if moved:
         out += ["### Per-class IoU change vs baseline (points; classes with |Δ| ≥ 1 in any of these runs; p in brackets)", "",
