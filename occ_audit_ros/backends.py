@@ -40,7 +40,7 @@ from occ_audit_ros import paths
 from occ_audit_ros.clip_model import ClipBundle
 from occ_audit_ros.model_files import ModelFileError, check_ago_checkpoint, check_semabs_checkpoint
 from occ_audit_ros.pipeline import (CameraInput, PerceptionPipeline, PipelineConfig, PipelineResult, UnusableCameras,
-                                    screen_cameras)
+                                    checked_labels, screen_cameras)
 from occ_audit_ros.relevancy import RelevancyConfig, RelevancyExtractor, as_rgb_uint8
 from occ_audit_ros.voxel_grid import SemanticVoxels, VoxelGridSpec
 
@@ -347,10 +347,7 @@ class SemAbsBackend:
         Raises:
             ValueError: on an empty list or an empty label.
         """
-        labels = [str(label) for label in labels]
-        if not labels or any(not label.strip() for label in labels):
-            raise ValueError(f"labels must be a non-empty list of non-empty strings, got {labels!r}")
-        self.config.labels = labels
+        self.config.labels = checked_labels(labels)
 
     def reconfigure(self, config: SemAbsBackendConfig) -> None:
         """Apply ``config.min_probability`` (the only run-time field) to the next hidden-object answers.

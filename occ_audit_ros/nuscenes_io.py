@@ -12,7 +12,6 @@ through ``map`` when moving data between sensors (as the devkit does).
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from occ_audit_ros.geometry import (
     transform_points,
     yaw_to_matrix,
 )
+from occ_audit_ros.safe_pickle import load_numpy_pickle
 
 __all__ = [
     "NUSCENES_VERSION",
@@ -292,30 +292,13 @@ def _open_nuscenes(dataroot: Path, version: str = NUSCENES_VERSION, tables=("sam
         raise ValueError(f"nuscenes-devkit cannot read the tables in {table_dir}: {exc!r}") from exc
 
 
-class _InfoUnpickler(pickle.Unpickler):
-    """Unpickler for MMDetection3D info files: containers, numbers, strings and numpy arrays only."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-        ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
-        ("_codecs", "encode"),  # numpy arrays pickled with protocol 2 store their bytes this way
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in an annotation pickle")
-
-
 def _load_info_pickle(pkl_path: Path):
-    """Read an MMDetection3D info pickle with :class:`_InfoUnpickler` (no arbitrary code)."""
-    try:
-        with pkl_path.open("rb") as f:
-            return _InfoUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-        raise ValueError(f"{pkl_path} is not a readable MMDetection3D info pickle: {exc}") from exc
+    """Read an MMDetection3D info pickle with the restricted unpickler (no code runs from the file).
+
+    Raises:
+        ValueError: not a readable pickle, or one naming a global outside numpy and plain containers.
+    """
+    return load_numpy_pickle(pkl_path, "MMDetection3D info pickle")
 
 
 def _read_annotations(pkl_path: Path, sample_token: str) -> tuple[dict, dict]:

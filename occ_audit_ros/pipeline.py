@@ -232,6 +232,18 @@ class PipelineResult:
     issues: list[CameraIssue] = field(default_factory=list)
 
 
+def checked_labels(labels: Sequence[str]) -> list[str]:
+    """``labels`` as a list of strings, checked: at least one, none empty or blank.
+
+    Raises:
+        ValueError: on an empty list or an empty label.
+    """
+    labels = [str(label) for label in labels]
+    if not labels or any(not label.strip() for label in labels):
+        raise ValueError(f"labels must be a non-empty list of non-empty strings, got {labels!r}")
+    return labels
+
+
 class PerceptionPipeline:
     """Relevancy -> back-projection -> voxel fusion for a set of cameras.
 
@@ -269,10 +281,7 @@ class PerceptionPipeline:
         Raises:
             ValueError: on an empty list or an empty label.
         """
-        labels = [str(label) for label in labels]
-        if not labels or any(not label.strip() for label in labels):
-            raise ValueError(f"labels must be a non-empty list of non-empty strings, got {labels!r}")
-        self.config.labels = labels
+        self.config.labels = checked_labels(labels)
 
     def set_relevancy(self, config: RelevancyConfig) -> None:
         """Replace the relevancy settings (run-time preset change): a new extractor from the next frame."""

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from occ_audit_ros.paths import REPO_ROOT as ROOT  # noqa: E402
 
 from occ_audit_ros.semabs.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from training.semabs.metrics import iou_table  # noqa: E402

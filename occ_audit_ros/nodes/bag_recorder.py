@@ -57,7 +57,7 @@ from rclpy.utilities import remove_ros_args
 from occ_audit_ros.conventions import TF_STATIC_TOPIC
 from occ_audit_ros.nodes.bag_player import UnknownMessageTypeError, normalize_type_name, resolve_message_type
 from occ_audit_ros.nodes.parameters import declare_parameters, overrides_from_kwargs
-from occ_audit_ros.params import ParamSpec
+from occ_audit_ros.params import ParamSpec, check_range
 from occ_audit_ros import paths
 
 
@@ -87,10 +87,11 @@ RECORDER_PARAMETERS: tuple[ParamSpec, ...] = (
               "typestore: 'DIR' (package = name in DIR/../package.xml, else DIR's parent "
               "directory name) or 'PKG=DIR'. The package's own msg/ is always included.", array_of=str),
     ParamSpec("discovery_period", 0.2,
-              "Seconds between graph polls that subscribe to newly appeared topics and adapt QoS."),
+              "Seconds between graph polls that subscribe to newly appeared topics and adapt QoS.",
+              range=(0.01, 3600.0)),
     ParamSpec("qos_depth", 100,
               "KEEP_LAST depth of the subscriptions: a deep queue so bursts are not dropped while "
-              "the writer is busy."),
+              "the writer is busy.", range=(1, 100000)),
 )
 
 
@@ -526,7 +527,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 after a clean close, 2 on bad arguments (existing output, unknown type, ...).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_arg_parser().parse_args(remove_ros_args(["bag_recorder", *argv])[1:])
+    parser = build_arg_parser()
+    try:
+        own = remove_ros_args(["bag_recorder", *argv])[1:]
+    except Exception as exc:  # noqa: BLE001 - rcl's parse errors (malformed --params-file YAML, bad --ros-args)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        print(f"bag_recorder: error: invalid ROS arguments or parameter file: {first}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(own)
+    # every option checked before anything is created (argparse's error: one line, exit status 2)
+    specs = {spec.name: spec for spec in RECORDER_PARAMETERS}
+    for name in ("discovery_period", "qos_depth"):
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                check_range(specs[name], value)
+            except ValueError:
+                low, high = specs[name].range
+                parser.error(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}")
     params = {
         "output": args.output,
         "topics": args.topics,

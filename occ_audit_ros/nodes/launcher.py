@@ -113,6 +113,81 @@ class Launch:
             node.destroy_node()
 
 
+#: Lowest allowed value of each numeric ``bag_player`` parameter (as ``bag_player`` checks its options).
+_PLAYER_MINIMA = {"rate": 0, "loop": 0, "delay": 0, "wait_for_subscribers_timeout": 0, "clock_rate": 0,
+                  "ack_timeout": 0, "progress_period": 0, "qos_depth": 1}
+
+
+def check_launch(launch_file: Path, arguments: dict[str, str], frames: int, timeout: float) -> list[ResolvedNode]:
+    """Check a launcher command line before rclpy starts or any node (and model) is built.
+
+    Checks ``frames`` >= 0, ``timeout`` finite and > 0, that ``launch_file`` exists and composes
+    (:func:`~occ_audit_ros.launch_static.compose`), and for every node to run: a ``perception_node``'s
+    parameter files and inline parameters
+    (:func:`~occ_audit_ros.nodes.perception_node.check_ros_args`); a ``bag_player``'s parameter files
+    (readable YAML with its section), its numbers (finite, not below the bounds of ``bag_player``'s
+    own options) and that its ``bag`` exists.
+
+    Returns:
+        The resolved nodes.
+
+    Raises:
+        ValueError: the first problem, in one line naming the option or the file.
+    """
+    import math
+
+    import yaml
+
+    from occ_audit_ros.launch_static import LaunchParseError
+
+    if frames < 0:
+        raise ValueError(f"--frames must be >= 0 (0 = run until Ctrl-C), got {frames}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"--timeout must be > 0 seconds, got {timeout}")
+    if not Path(launch_file).is_file():
+        raise ValueError(f"launch file {launch_file}: no such file")
+    try:
+        specs = compose(launch_file, arguments)
+    except (LaunchParseError, SyntaxError, OSError) as err:
+        raise ValueError(f"launch file {launch_file}: {err}") from None
+    for spec in specs:
+        if spec.package != PACKAGE or spec.executable not in RUNNABLE:
+            continue
+        if spec.executable == "perception_node":
+            from occ_audit_ros.nodes.perception_node import check_ros_args
+
+            cli = ["perception_node", "--ros-args"]
+            for f in spec.param_files:
+                cli += ["--params-file", str(f)]
+            if spec.name != "perception_node":
+                cli += ["-r", f"__node:={spec.name}"]
+            check_ros_args(cli, spec.params)
+            continue
+        values: dict[str, Any] = {}
+        for f in spec.param_files:
+            try:
+                values.update(flatten_params_file(f, spec.name))
+            except FileNotFoundError:
+                raise ValueError(f"parameter file {f} of {spec.name}: no such file") from None
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                at = f" (line {mark.line + 1})" if mark is not None else ""
+                raise ValueError(f"parameter file {f}: not valid YAML{at}: "
+                                 f"{getattr(err, 'problem', None) or err}") from None
+            except (LaunchParseError, AttributeError, TypeError) as err:
+                raise ValueError(f"parameter file {f}: not a ROS 2 parameter file: {err}") from None
+        values.update(spec.params)
+        for name, low in _PLAYER_MINIMA.items():  # the bounds bag_player's own CLI checks
+            v = values.get(name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                                  or v < low):
+                raise ValueError(f"{spec.name}: parameter {name} must be a finite number >= {low}, got {v!r}")
+        bag = values.get("bag")
+        if isinstance(bag, str) and bag and not Path(bag).exists():
+            raise ValueError(f"{spec.name}: bag {bag}: no such file or directory")
+    return specs
+
+
 def _parse_launch_args(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -127,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m occ_audit_ros.nodes.launcher FILE [name:=value ...] [--frames N] [--timeout S]``.
 
     Returns 0 when ``--frames`` frames were processed (or on Ctrl-C without ``--frames``), 1 on a
-    timeout, 2 on bad arguments.
+    timeout, 2 on bad arguments (:func:`check_launch`, before any node is built) or a failed start.
     """
     p = argparse.ArgumentParser(prog="occ_audit_launcher", description=__doc__.splitlines()[0])
     p.add_argument("launch_file", type=Path)
@@ -137,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         launch_args = _parse_launch_args(args.arguments)
+        check_launch(args.launch_file, launch_args, args.frames, args.timeout)  # before any model load
     except ValueError as err:
         print(f"launcher: {err}", file=sys.stderr)
         return 2

@@ -934,12 +934,119 @@ class PerceptionNode(Node):
         super().destroy_node()
 
 
+#: Parameters rclpy declares on every node itself (not in :mod:`occ_audit_ros.params`).
+_RCLPY_OWN_PARAMS = ("use_sim_time", "start_type_description_service")
+
+
+def check_ros_args(argv: list[str], overrides: dict[str, Any] | None = None) -> None:
+    """Check the parameter files and ``-p`` overrides of a ``perception_node`` command line before rclpy
+    parses them and before any model is loaded.
+
+    ``argv`` is the full command line (program name first). Inside each ``--ros-args`` section (up to
+    ``--``) every ``--params-file FILE`` must be readable YAML whose top level is a mapping; the
+    sections that apply to this node (``/**``, its name or ``/name``; the name follows ``-r
+    __node:=NAME``) must hold ``ros__parameters``. Their values, merged in order, then the ``-p
+    name:=value`` overrides (values read as YAML, as rcl does), must pass
+    :func:`occ_audit_ros.params.validate` and :func:`occ_audit_ros.params.check_preset`, with
+    ``overrides`` (a node's ``parameter_overrides``, which win over both) applied last. Parameters of
+    another model than the chosen one are left out here (the node ignores them with a warning), as are
+    rclpy's own parameters and ``qos_overrides.*``.
+
+    Raises:
+        ValueError: the first problem, in one line naming the file (and the YAML line) or the override.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from occ_audit_ros.launch_static import LaunchParseError, flatten_params_file
+    from occ_audit_ros.params import PARAMS_BY_NAME, QOS_OVERRIDE_PREFIX
+
+    files: list[str] = []
+    cli_overrides: list[str] = []
+    node_name = "perception_node"
+    in_ros, i = False, 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--ros-args":
+            in_ros = True
+        elif arg == "--":
+            in_ros = False
+        elif in_ros and arg in ("--params-file", "-p", "--param", "-r", "--remap") and i + 1 < len(argv):
+            value = argv[i + 1]
+            i += 1
+            if arg == "--params-file":
+                files.append(value)
+            elif arg in ("-p", "--param"):
+                cli_overrides.append(value)
+            elif value.startswith(("__node:=", "__name:=")):
+                node_name = value.split(":=", 1)[1]
+        i += 1
+    values: dict[str, Any] = {}
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise ValueError(f"parameter file {f}: no such file")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" (line {where.line + 1})" if where is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"parameter file {f}: not valid YAML{at}: {problem}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"parameter file {f}: cannot read: {err}") from None
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            raise ValueError(f"parameter file {f}: not a ROS 2 parameter file (top level is a "
+                             f"{type(data).__name__}, not a mapping of node names)")
+        if not any(k in data for k in ("/**", node_name, "/" + node_name)):
+            continue  # sections for other nodes only: rcl applies none of them to this node
+        try:
+            values.update(flatten_params_file(path, node_name))
+        except (LaunchParseError, AttributeError, TypeError) as err:
+            raise ValueError(f"parameter file {f}: not a ROS 2 parameter file: {err}") from None
+    for item in cli_overrides:
+        name, sep, text = item.partition(":=")
+        if not sep or not name:
+            raise ValueError(f"-p {item!r}: expected name:=value")
+        try:
+            values[name] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            values[name] = text  # rcl keeps an unparsable value as a string
+    values.update({k: list(v) if isinstance(v, tuple) else v for k, v in (overrides or {}).items()})
+    values = {k: v for k, v in values.items()
+              if not k.startswith(QOS_OVERRIDE_PREFIX) and k not in _RCLPY_OWN_PARAMS}
+    model = values.get("model", PARAMS_BY_NAME["model"].default)
+    values = {k: v for k, v in values.items() if MODEL_OF.get(k, model) == model}
+    where = f"parameter files {files}" if files else "parameters"
+    if cli_overrides or overrides:
+        where += f" with overrides {cli_overrides + [f'{k}:={v!r}' for k, v in (overrides or {}).items()]}"
+    try:
+        checked = validate(values)
+        check_preset(checked["relevancy.preset"])
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``perception_node``: ``perception_node [--ros-args --params-file config/perception.yaml
-    [--params-file config/models/<model>.yaml]]`` (several files load in order, later ones win)."""
+    [--params-file config/models/<model>.yaml]]`` (several files load in order, later ones win).
+
+    Returns 0 after Ctrl-C / shutdown, 1 when the model cannot be built (weights, checkpoint), 2 on a
+    bad command line or parameter file (:func:`check_ros_args`, one line on stderr, before rclpy is
+    initialised or any model is loaded)."""
     argv = sys.argv if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
+    parser = argparse.ArgumentParser(prog="perception_node", description=__doc__.splitlines()[0])
+    try:
+        check_ros_args(list(argv))
+        own = rclpy.utilities.remove_ros_args(argv)[1:]
+    except Exception as err:  # noqa: BLE001 - ValueError above, rcl's RCLError for what rcl parses itself
+        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        print(f"perception_node: error: {first}", file=sys.stderr)
+        return 2
+    parser.parse_args(own)
     rclpy.init(args=argv)
     try:
         node = PerceptionNode()

@@ -597,6 +597,61 @@ def _print_summary(bag_dir: Path, title: str, seconds: float) -> None:
     print(f"{sum(c for _, _, c in rows)} messages, {size / 1e6:.1f} MB, {seconds:.1f} s", flush=True)
 
 
+#: Tables a conversion cannot do without (an empty one is an error), and the references checked
+#: between tables: (table, field, referenced table).
+_REQUIRED_TABLES = ("scene", "sample", "sample_data", "calibrated_sensor", "ego_pose", "sensor")
+_TABLE_REFERENCES = (("sample", "scene_token", "scene"), ("sample_data", "sample_token", "sample"),
+                     ("sample_data", "calibrated_sensor_token", "calibrated_sensor"),
+                     ("sample_data", "ego_pose_token", "ego_pose"), ("calibrated_sensor", "sensor_token", "sensor"))
+
+
+def diagnose_tables(dataroot: Path, version: str | None) -> str | None:
+    """After a failed load: the first broken nuScenes table of ``dataroot``, in one line naming its file.
+
+    Reads every table JSON of the version folder and reports the first that is not valid JSON (with
+    line and column), is not a list of objects with a ``token``, is empty although the conversion
+    needs it, or references a token missing from another table. Run only on the error path (it reads
+    every table a second time).
+
+    Returns:
+        The message, or None when the tables look intact (the failure lies elsewhere).
+    """
+    import json
+
+    from occ_audit_ros import nuscenes_io as nio
+
+    try:
+        table_dir = Path(dataroot) / nio.resolve_version(Path(dataroot), version)
+    except (FileNotFoundError, ValueError):
+        return None
+    tokens: dict[str, set] = {}
+    rows: dict[str, list] = {}
+    for table in nio.NUSCENES_TABLES:
+        f = table_dir / f"{table}.json"
+        if not f.is_file():
+            if table in _REQUIRED_TABLES:
+                return f"nuScenes table {f} not found"
+            continue
+        try:
+            data = json.loads(f.read_text())
+        except json.JSONDecodeError as err:
+            return f"nuScenes table {f}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}"
+        except (OSError, UnicodeDecodeError) as err:
+            return f"nuScenes table {f}: cannot read: {err}"
+        if not isinstance(data, list) or not all(isinstance(r, dict) and "token" in r for r in data):
+            return f"nuScenes table {f}: expected a JSON list of records with a 'token', got {type(data).__name__}"
+        if not data and table in _REQUIRED_TABLES:
+            return f"nuScenes table {f} is empty"
+        rows[table] = data
+        tokens[table] = {r["token"] for r in data}
+    for table, field, target in _TABLE_REFERENCES:
+        for r in rows.get(table, ()):
+            if r.get(field) not in tokens.get(target, ()):
+                return (f"nuScenes table {table_dir / (table + '.json')}: record {r['token']} has {field} "
+                        f"{r.get(field)!r}, not in {table_dir / (target + '.json')}")
+    return None
+
+
 def main(argv=None) -> int:
     """Command-line entry point.
 
@@ -680,8 +735,12 @@ def main(argv=None) -> int:
                            time.perf_counter() - start)
         if len(scenes) > 1:
             print(f"{len(scenes)} scenes in {time.perf_counter() - total_start:.1f} s")
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        # a broken table fails deep inside the devkit: name the file when one is to blame
+        broken = None if isinstance(exc, FileExistsError) else diagnose_tables(args.dataroot, args.version)
+        text = broken or (f"{exc.__class__.__name__}: {exc}" if isinstance(exc, (KeyError, TypeError, AttributeError,
+                                                                                  IndexError)) else str(exc))
+        print(f"{parser.prog}: error: {text}", file=sys.stderr)
         return 1
     return 0
 

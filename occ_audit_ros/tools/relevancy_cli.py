@@ -67,6 +67,31 @@ def read_image(path: Path) -> np.ndarray:
     return arr
 
 
+def _check_files(args: argparse.Namespace) -> None:
+    """Check the file options before any model is loaded: ``--presets-file`` an existing, readable
+    YAML file (the YAML error's line named), ``--out`` not an existing non-directory.
+
+    Raises:
+        ValueError: in one line naming the option and the file.
+    """
+    import yaml
+
+    if args.presets_file is not None:
+        if not args.presets_file.is_file():
+            raise ValueError(f"--presets-file {args.presets_file}: no such file")
+        try:
+            yaml.safe_load(args.presets_file.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            at = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ValueError(f"--presets-file {args.presets_file}: not valid YAML{at}: "
+                             f"{getattr(err, 'problem', None) or str(err).splitlines()[0]}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"--presets-file {args.presets_file}: cannot read: {err}") from None
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: exists and is not a directory")
+
+
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") or "label"
 
@@ -85,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = [str(label) for label in args.labels]
         if not labels or any(not label.strip() for label in labels):
             raise ValueError(f"labels must be non-empty strings, got {labels!r}")
+        _check_files(args)
         overrides = {}
         if args.prompt:
             overrides["prompt_template"] = tuple(args.prompt) if len(args.prompt) > 1 else args.prompt[0]
@@ -98,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             args.image = next((paths.nuscenes_keyframe_dir() / "samples" / "CAM_FRONT").glob("*.jpg"))
         raw = read_image(args.image)
         rgb = as_rgb_uint8(raw)
+        from occ_audit_ros.devices import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except RuntimeError as err:
+            raise ValueError(f"--device {args.device!r}: {str(err).splitlines()[0]}") from None
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

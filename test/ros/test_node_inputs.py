@@ -5,20 +5,17 @@ Real rclpy, real bags written by ``nuscenes_to_bag`` from the simulated scene of
 (first keyframe only, so that each replay gives exactly one complete set)."""
 
 import dataclasses
-import os
-import threading
 import time
 
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import Reader
 
+from node_fixtures import RosContext
 from occ_audit_ros import conventions
 from occ_audit_ros.nodes.bag_player import BagPlayer
 from occ_audit_ros.nodes.perception_node import PerceptionNode
@@ -47,22 +44,9 @@ def first_sample(tmp_path_factory):
 
 @pytest.fixture
 def ros():
-    rclpy.init(domain_id=1 + os.getpid() % 100)  # own DDS domain: parallel runs do not cross-talk
-    executor = MultiThreadedExecutor(num_threads=4)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    nodes = []
-
-    def add(node):
-        nodes.append(node)
-        executor.add_node(node)
-        return node
-
-    thread.start()
-    yield add
-    executor.shutdown()
-    for node in reversed(nodes):
-        node.destroy_node()
-    rclpy.try_shutdown()
+    ctx = RosContext()  # own DDS domain, executor thread
+    yield ctx.add
+    ctx.close()
 
 
 def make_node(**overrides):

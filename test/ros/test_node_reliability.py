@@ -4,7 +4,6 @@ give a warning naming the camera and pipeline diagnostics above OK, the good cam
 published; a pickled, non-finite or missing checkpoint and a CLIP directory without config.json end
 ``perception_node`` with one line naming the file and exit code 1, never a traceback."""
 
-import json
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from occ_audit_ros import paths
-from occ_audit_ros.nodes.conversions import numpy_to_image, stamp_to_ns
+from occ_audit_ros.nodes.conversions import numpy_to_image
 from node_checks import InputDriver, synthetic_frame, wait_until
 from node_fixtures import RosContext, small_node
 

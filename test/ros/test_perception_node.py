@@ -5,14 +5,10 @@ the node's outputs like RViz would.
 """
 
 import copy
-import os
-import threading
 import time
 
 import numpy as np
 import pytest
-import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -21,6 +17,7 @@ from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import Image, PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
+from node_fixtures import RosContext
 from occ_audit_ros import conventions
 from occ_audit_ros.nodes.bag_player import BagPlayer, resolve_message_type
 from occ_audit_ros.nodes.conversions import msg_to_semantic_voxels, pointcloud2_to_numpy, stamp_to_ns
@@ -36,22 +33,9 @@ def keyframe_bag(keyframe, tmp_path_factory):
 
 @pytest.fixture
 def ros():
-    rclpy.init(domain_id=1 + os.getpid() % 100)  # own DDS domain: parallel runs do not cross-talk
-    executor = MultiThreadedExecutor(num_threads=4)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    nodes = []
-
-    def add(node):
-        nodes.append(node)
-        executor.add_node(node)
-        return node
-
-    thread.start()
-    yield add
-    executor.shutdown()
-    for node in reversed(nodes):
-        node.destroy_node()
-    rclpy.try_shutdown()
+    ctx = RosContext()  # own DDS domain, executor thread
+    yield ctx.add
+    ctx.close()
 
 
 class Sink(Node):

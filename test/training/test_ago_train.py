@@ -65,7 +65,6 @@ def test_train_resume_and_extra_loss(tmp_path):
     with pytest.raises(ValueError, match="must match"):
         pred.predict([np.zeros((9, 16, 3), np.uint8)], [], [])
     # evaluation CLI: predict with the Occ3D vocabulary as text, then the tables
-    from training.ago.occ_gt import keyframe_occupancy_gt
     from training.ago import eval as ago_eval
 
     assert ago_eval.main(["predict", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "pred")]) == 0

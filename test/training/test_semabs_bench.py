@@ -1,7 +1,6 @@
 """``training/experiments/semabs_sim.py`` end to end on toy scenes: both tasks, both protocols, the JSON it writes."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np

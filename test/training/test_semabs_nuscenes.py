@@ -1,6 +1,5 @@
 """The base_link -> SemAbs workspace similarity of the nuScenes data-path run (training/config/semabs_nuscenes.yaml)."""
 
-import sys
 from pathlib import Path
 
 import numpy as np

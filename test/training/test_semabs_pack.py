@@ -1,7 +1,6 @@
 """SemAbs training packs (round trip, quantisation bounds), batch augmentation, time-budgeted training."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np

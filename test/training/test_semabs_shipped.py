@@ -1,6 +1,5 @@
 """The shipped SemAbs checkpoints load, fit the repo budget, and reproduce their card's check-split IoU."""
 
-import sys
 from pathlib import Path
 
 import pytest

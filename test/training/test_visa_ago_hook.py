@@ -3,7 +3,6 @@ training/train_ago.py run on the keyframe with the hook."""
 
 import dataclasses
 import json
-import sys
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@ tokens, prev/next tracks, visibility) and the ``visa:`` switch of the AGO traine
 
 import json
 import math
-import sys
 
 import numpy as np
 import pytest

@@ -51,3 +51,38 @@ def test_module_does_not_import_forbidden_packages(module):
 def test_probe_sees_indirect_imports():
     """The check can fail: viz draws with matplotlib, and importing it is seen."""
     assert "matplotlib" in top_level(modules_after_import("occ_audit_ros.viz"))
+
+
+def _imported_top_level_names(path):
+    """Top-level package names a source file imports (absolute imports, anywhere in the file)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_runtime_module_imports_training_and_rclpy_stays_in_ros_modules():
+    """The house rule, on every source file: nothing under occ_audit_ros/ imports ``training``; rclpy
+    (and the ROS message packages) only in occ_audit_ros/nodes and occ_audit_ros/tools."""
+    from occ_audit_ros import paths
+
+    package = paths.REPO_ROOT / "occ_audit_ros"
+    files = [p for p in package.rglob("*.py") if not {"msg", "srv", "_generated"} & set(p.relative_to(package).parts)]
+    assert len(files) > 40
+    ros_names = {"rclpy", "sensor_msgs", "geometry_msgs", "std_msgs", "visualization_msgs", "tf2_msgs",
+                 "diagnostic_msgs", "rosgraph_msgs", "builtin_interfaces", "rcl_interfaces", "tf2_ros"}
+    bad_training, bad_ros = [], []
+    for path in files:
+        names = _imported_top_level_names(path)
+        rel = path.relative_to(package)
+        if "training" in names:
+            bad_training.append(str(rel))
+        if names & ros_names and rel.parts[0] not in ("nodes", "tools"):
+            bad_ros.append(f"{rel}: {sorted(names & ros_names)}")
+    assert bad_training == [], bad_training
+    assert bad_ros == [], bad_ros

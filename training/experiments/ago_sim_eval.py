@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-from occ_audit_ros.paths import REPO_ROOT as REPO  # noqa: E402
 
 import numpy as np  # noqa: E402
 

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from occ_audit_ros.paths import REPO_ROOT as REPO
 

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from occ_audit_ros.paths import REPO_ROOT as ROOT  # noqa: E402
 
 from occ_audit_ros.devices import resolve_device  # noqa: E402
 from training.semabs.baselines import relevancy_cloud_scores, shifted_reference_scores  # noqa: E402

@@ -14,8 +14,6 @@ Last line: ``RESULT k=v ...``.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 

@@ -14,13 +14,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from occ_audit_ros.paths import REPO_ROOT as ROOT  # noqa: E402
 
 from occ_audit_ros.semabs.checkpoint import load_checkpoint  # noqa: E402
 from training.semabs.metrics import voxel_iou, voxel_max  # noqa: E402
