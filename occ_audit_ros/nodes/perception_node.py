@@ -121,6 +121,9 @@ QUERY_TIMEOUT_S = 10.0
 #: The query subscription keeps this many (reliable), so a burst reaches the node and is answered
 #: (or refused) query by query instead of being overwritten in the DDS queue.
 QUERY_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+#: Hidden-object results: as deep as the query queue, so that a burst of answers (refusals come at
+#: once) is not overwritten in the writer's history before a reliable reader has taken it.
+RESULT_QOS = QoSProfile(depth=QUERY_QOS.depth, reliability=ReliabilityPolicy.RELIABLE)
 
 
 @dataclasses.dataclass
@@ -356,7 +359,7 @@ class PerceptionNode(Node):
         self.create_service(HiddenObject, conventions.HIDDEN_SERVICE, self._on_query_service,
                             callback_group=ReentrantCallbackGroup())
         self.create_timer(0.5, self._expire_queries)
-        self.hidden_pub = pub(HiddenObjectResult, conventions.HIDDEN_RESULT_TOPIC, OUTPUT_QOS)
+        self.hidden_pub = pub(HiddenObjectResult, conventions.HIDDEN_RESULT_TOPIC, RESULT_QOS)
         self.hidden_marker_pub = pub(MarkerArray, conventions.HIDDEN_MARKERS_TOPIC, OUTPUT_QOS)
         self.hidden_points_pub = pub(PointCloud2, conventions.HIDDEN_POINTS_TOPIC, OUTPUT_QOS)
         self.add_on_set_parameters_callback(self._on_set_parameters)
