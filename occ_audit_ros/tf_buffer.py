@@ -127,6 +127,20 @@ class _Edge:
     matrices: list[np.ndarray] = field(default_factory=list)
 
 
+def checked_edge(parent: str, child: str, matrix) -> np.ndarray:
+    """``matrix`` as a (4, 4) float64 array for the edge ``parent <- child``, checked for both TF paths.
+
+    Raises:
+        ValueError: an empty frame name, a frame that is its own parent, or not a finite 4x4 matrix.
+    """
+    if not parent or not child or parent == child:
+        raise ValueError(f"invalid transform {parent!r} <- {child!r}")
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
+        raise ValueError(f"transform {parent} <- {child} is not a finite 4x4 matrix")
+    return matrix
+
+
 class FrameGraph:
     """Which ``parent <- child`` edges to admit into a transform tree (both transform backends).
 
@@ -243,11 +257,7 @@ class TransformBuffer:
             TransformRefused: the edge would close a cycle, re-parent a frame that has a static
                 parent with a dynamic transform, or exceed ``max_frames`` (the buffer is unchanged).
         """
-        if not parent or not child or parent == child:
-            raise ValueError(f"invalid transform {parent!r} <- {child!r}")
-        matrix = np.asarray(matrix, dtype=np.float64)
-        if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
-            raise ValueError(f"transform {parent} <- {child} is not a finite 4x4 matrix")
+        matrix = checked_edge(parent, child, matrix)
         with self._lock:
             before = set(self.graph.parent)
             try:

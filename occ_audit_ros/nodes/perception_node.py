@@ -73,7 +73,7 @@ from occ_audit_ros.params import COMMON_PARAMS, MODEL_OF, MODEL_PARAMS, check_pr
 from occ_audit_ros.pipeline import CameraInput, CameraIssue, PipelineResult, SyncWatch, UnusableCameras
 from occ_audit_ros.sync import MultiCameraSynchronizer
 from occ_audit_ros.tf_buffer import (ExtrapolationError, FrameGraph, TransformBuffer, TransformRefused,
-                                     TransformUnavailable, tolerant_lookup)
+                                     TransformUnavailable, checked_edge, tolerant_lookup)
 from occ_audit_ros.nodes import backend_params
 from occ_audit_ros.nodes.parameters import declare_parameters
 from occ_audit_ros.nodes.conversions import (camera_info_to_K, check_image_matches_info, depth_from_image_msg,
@@ -194,11 +194,7 @@ class _Tf2RosLookup:
 
         from occ_audit_ros.nodes.conversions import matrix_to_transform, ns_to_stamp
 
-        if not parent or not child or parent == child:
-            raise ValueError(f"invalid transform {parent!r} <- {child!r}")
-        matrix = np.asarray(matrix, dtype=np.float64)
-        if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
-            raise ValueError(f"transform {parent} <- {child} is not a finite 4x4 matrix")
+        matrix = checked_edge(parent, child, matrix)
         with self._lock:
             self.graph.admit(parent, child, int(stamp_ns), static)
         t = TransformStamped(header=Header(stamp=ns_to_stamp(stamp_ns), frame_id=parent), child_frame_id=child,

@@ -5,7 +5,6 @@ Real rclpy, real bags written by ``nuscenes_to_bag`` from the simulated scene of
 (first keyframe only, so that each replay gives exactly one complete set)."""
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import Reader
 
+from node_checks import wait_until
 from node_fixtures import RosContext
 from occ_audit_ros import conventions
 from occ_audit_ros.nodes.bag_player import BagPlayer
@@ -54,14 +54,6 @@ def make_node(**overrides):
               "cameras": CAMERAS, **overrides}
     return PerceptionNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
 
-
-def _wait(pred, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _replay(ros, bag, node, topics=None, wait_for=None):
@@ -133,7 +125,7 @@ def test_missing_camera_is_processed_without_and_named_on_diagnostics(ros, first
                     return status, values
         return None
 
-    assert _wait(lambda: inputs_status() is not None, 30.0)
+    assert wait_until(lambda: inputs_status() is not None, 30.0)
     status, values = inputs_status()
     assert values["missing_cameras"] == "CAM_FRONT"
     assert status.level == DiagnosticStatus.WARN and status.level > DiagnosticStatus.OK

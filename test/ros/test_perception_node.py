@@ -17,6 +17,7 @@ from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import Image, PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
+from node_checks import wait_until
 from node_fixtures import RosContext
 from occ_audit_ros import conventions
 from occ_audit_ros.nodes.bag_player import BagPlayer, resolve_message_type
@@ -136,36 +137,28 @@ def test_bad_input_is_skipped_and_node_recovers(ros, keyframe_bag):
             pubs["camera_info"].publish(info)
             pubs["depth"].publish(depth)
             pubs["image_raw"].publish(image)
-            if until is None or _wait(until, 2.0) or time.monotonic() > deadline:
+            if until is None or wait_until(until, 2.0) or time.monotonic() > deadline:
                 return
 
     # 1. image smaller than its camera_info; 2. unknown encoding; 3. all-NaN/inf depth in an unknown frame.
     small = Image(header=good["image_raw"].header, height=2, width=2, encoding="rgb8", step=6, data=bytes(12))
     send(small, good["camera_info"], good["depth"], counter="skipped")
-    assert _wait(lambda: node.counters["skipped"] >= 1), node.counters
+    assert wait_until(lambda: node.counters["skipped"] >= 1), node.counters
     weird = copy.deepcopy(good["image_raw"])
     weird.encoding = "yuv422_yuy2_weird"
     send(weird, good["camera_info"], good["depth"], counter="skipped")
-    assert _wait(lambda: node.counters["skipped"] >= 2), node.counters
+    assert wait_until(lambda: node.counters["skipped"] >= 2), node.counters
     nan_depth = copy.deepcopy(good["depth"])
     nan_depth.data = np.full(nan_depth.height * nan_depth.width, np.nan, np.float32).tobytes()
     unknown_frame = copy.deepcopy(good["image_raw"])
     unknown_frame.header.frame_id = "no_such_frame"
     send(unknown_frame, good["camera_info"], nan_depth, counter="skipped")
-    assert _wait(lambda: node.counters["skipped"] >= 3), node.counters
+    assert wait_until(lambda: node.counters["skipped"] >= 3), node.counters
     assert node.counters["processed"] == 0
     # A valid frame afterwards is processed.
     send(good["image_raw"], good["camera_info"], good["depth"], counter="processed")
     assert node.wait_for_frames(1, 60.0), node.counters
 
-
-def _wait(pred, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_missing_clip_weights_is_one_clear_error(capsys):
@@ -184,7 +177,7 @@ def test_bag_without_a_camera_is_named_in_a_warning(ros, keyframe_bag, capfd):
     player = ros(BagPlayer(keyframe_bag, rate=0.0, topics=topics, wait_for_subscribers=["/cam_back/image_raw"],
                            wait_for_subscribers_timeout=20.0))
     player.play()
-    assert _wait(lambda: node.stream_counts["/cam_back/image_raw"] == 1)
+    assert wait_until(lambda: node.stream_counts["/cam_back/image_raw"] == 1)
     # The five present cameras are processed once CAM_FRONT is past sync.timeout_s.
     assert node.wait_for_frames(1, 120.0), node.counters
     time.sleep(1.5)  # the silent-stream check runs every second with warn_period_s 0
