@@ -7,6 +7,7 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
+from occ_audit_ros import conventions
 from occ_audit_ros.nodes.perception_node import PerceptionNode
 
 
@@ -45,3 +46,19 @@ def small_node(**overrides) -> PerceptionNode:
               "relevancy.output_stride": 4, "grid.lower": [-20.0, -20.0, -1.0], "grid.upper": [20.0, 20.0, 5.4],
               "warn_period_s": 0.0, "diagnostics.period_s": 0.25, **overrides}
     return PerceptionNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
+def whole_set_params(cameras) -> dict:
+    """Parameters for a node that is fed one keyframe bag as fast as it plays and whose first output
+    is compared with the model run directly on all of the keyframe's cameras.
+
+    Reliable image, camera_info and depth inputs (as ``config/replay.yaml``): under load best effort
+    can drop a full-size image. ``sync.timeout_s`` 0: the set waits for every camera, however slowly
+    the burst is delivered, instead of going out without the late ones after 0.25 s of wall time.
+    """
+    params = {"sync.timeout_s": 0.0}
+    for cam in cameras:
+        ns = conventions.camera_namespace(cam)
+        for suffix in ("image_raw", "camera_info", "depth"):
+            params[f"qos_overrides.{ns}/{suffix}.subscription.reliability"] = "reliable"
+    return params

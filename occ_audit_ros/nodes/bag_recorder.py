@@ -13,6 +13,8 @@ Timestamps: each message is stored with its **receive time** from the node's clo
 header-less types (``/clock``, ``std_msgs/String``) and keeps the bag ordered by arrival. With
 ``use_sim_time:=true`` it is the latest ``/clock`` received (the player's bag time, at /clock
 resolution; 0 before the first /clock). Header stamps stay untouched inside the messages.
+Each topic's messages keep their publish order; across topics the bag holds the order in which the
+executor took them, so two topics published a few milliseconds apart may be stored either way round.
 
 Message definitions, which mcap connections must carry, come from the rosbags typestore of ROS 2
 Kilted, extended with the ``.msg`` files of ``msg_dirs`` (the package's own ``msg/`` directory,

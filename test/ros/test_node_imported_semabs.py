@@ -7,6 +7,7 @@ answer), not accuracy; every output says ``random_weights``."""
 import numpy as np
 from rclpy.parameter import Parameter
 
+from node_fixtures import whole_set_params
 from occ_audit_ros import paths
 from occ_audit_ros.nodes.perception_node import PerceptionNode
 from occ_audit_ros.semabs.checkpoint import load_checkpoint
@@ -27,7 +28,8 @@ def test_node_runs_the_imported_released_layout(ros, keyframe_bag, tmp_path):  #
               "relevancy.output_stride": 8, "grid.lower": list(CENTER - 1.0), "grid.upper": list(CENTER + 1.0),
               "grid.voxel_size": 0.125, "semabs.workspace_center": list(CENTER), "semabs.num_points": 3000,
               "semabs.ovssc_checkpoint": str(ovssc), "semabs.vool_checkpoint": str(vool),
-              "semabs.min_probability": 0.0, "warn_period_s": 0.0, "diagnostics.period_s": 0.0}
+              "semabs.min_probability": 0.0, "warn_period_s": 0.0, "diagnostics.period_s": 0.0,
+              **whole_set_params(["CAM_FRONT"])}
     node = ros(PerceptionNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
     sink = ros(Sink())
     _play(ros, keyframe_bag, node, ["CAM_FRONT"])

@@ -14,7 +14,8 @@ from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
-from node_fixtures import RosContext
+from node_checks import wait_until
+from node_fixtures import RosContext, whole_set_params
 from occ_audit_ros import conventions, paths
 from occ_audit_ros.nodes.bag_player import BagPlayer
 from occ_audit_ros.nodes.conversions import msg_to_semantic_voxels, pointcloud2_to_numpy, stamp_to_ns
@@ -88,15 +89,6 @@ class QueryClient(Node):
         return future.result()
 
 
-def wait_until(pred, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return bool(pred())
-
-
 def _play(ros, bag, node, cameras):
     with Reader(bag) as reader:
         prefixes = tuple(conventions.camera_namespace(c) + "/" for c in cameras)
@@ -106,13 +98,15 @@ def _play(ros, bag, node, cameras):
                            wait_for_subscribers_timeout=20.0))
     player.play()
     assert node.wait_for_frames(1, 180.0), node.counters
+    assert node.last_missing == () and node.counters["partial_sets"] == 0, node.counters
 
 
 def _semabs_node():
     params = {"clip_model": "random-tiny", "model": "semabs", "cameras": ["CAM_FRONT"], "labels": LABELS,
               "relevancy.output_stride": 8, "grid.lower": list(CENTER - 1.0), "grid.upper": list(CENTER + 1.0),
               "grid.voxel_size": 0.125, "semabs.workspace_center": list(CENTER), "semabs.num_points": 4000,
-              "semabs.min_probability": 0.0, "warn_period_s": 0.0, "diagnostics.period_s": 0.0}
+              "semabs.min_probability": 0.0, "warn_period_s": 0.0, "diagnostics.period_s": 0.0,
+              **whole_set_params(["CAM_FRONT"])}
     return PerceptionNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
 
 
@@ -245,7 +239,7 @@ def test_ago_node_equals_the_predictor(ros, keyframe_bag, keyframe, ago_checkpoi
 
     labels = ["car", "pedestrian", "road", "fire hydrant"]  # any words: the vocabulary is text
     params = {"model": "ago", "ago.checkpoint": str(ago_checkpoint), "labels": labels, "warn_period_s": 0.0,
-              "diagnostics.period_s": 0.0}
+              "diagnostics.period_s": 0.0, **whole_set_params(conventions.CAMERA_CHANNELS)}
     node = ros(PerceptionNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
     assert node.clip is None  # AGO brings its own encoders; no CLIP is loaded
     assert all(node.has_parameter(p.name) for p in AGO_PARAMS)

@@ -18,7 +18,7 @@ from sensor_msgs.msg import Image, PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
 from node_checks import wait_until
-from node_fixtures import RosContext
+from node_fixtures import RosContext, whole_set_params
 from occ_audit_ros import conventions
 from occ_audit_ros.nodes.bag_player import BagPlayer, resolve_message_type
 from occ_audit_ros.nodes.conversions import msg_to_semantic_voxels, pointcloud2_to_numpy, stamp_to_ns
@@ -67,13 +67,14 @@ def make_node(**overrides):
 
 
 def test_node_publishes_outputs_from_replayed_keyframe(ros, keyframe_bag, keyframe):
-    node = ros(make_node())
+    node = ros(make_node(**whole_set_params(conventions.CAMERA_CHANNELS)))
     sink = ros(Sink())
     player = ros(BagPlayer(keyframe_bag, rate=0.0, wait_for_subscribers=[conventions.image_topic(c) for c in node.cameras],
                            wait_for_subscribers_timeout=20.0))
     player.play()
     assert node.wait_for_frames(1, 120.0), node.counters
     assert sink.wait(1)
+    assert node.last_missing == () and node.counters["partial_sets"] == 0, node.counters
 
     grid = sink.got["grid"][0]
     newest_camera_stamp = max(c.timestamp_us for c in keyframe.cameras.values()) * 1000
