@@ -54,11 +54,10 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from rclpy.utilities import remove_ros_args
 
 from occ_audit_ros.conventions import TF_STATIC_TOPIC
 from occ_audit_ros.nodes.bag_player import UnknownMessageTypeError, normalize_type_name, resolve_message_type
-from occ_audit_ros.nodes.parameters import declare_parameters, overrides_from_kwargs
+from occ_audit_ros.nodes.parameters import declare_parameters, overrides_from_kwargs, own_arguments
 from occ_audit_ros.params import ParamSpec, check_range
 from occ_audit_ros import paths
 
@@ -531,10 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_arg_parser()
     try:
-        own = remove_ros_args(["bag_recorder", *argv])[1:]
-    except Exception as exc:  # noqa: BLE001 - rcl's parse errors (malformed --params-file YAML, bad --ros-args)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        print(f"bag_recorder: error: invalid ROS arguments or parameter file: {first}", file=sys.stderr)
+        own = own_arguments("bag_recorder", argv)
+    except ValueError as err:
+        print(f"bag_recorder: error: {err}", file=sys.stderr)
         return 2
     args = parser.parse_args(own)
     # every option checked before anything is created (argparse's error: one line, exit status 2)

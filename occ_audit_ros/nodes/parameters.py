@@ -6,16 +6,17 @@ with descriptors, and typed overrides from Python keyword arguments.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.utilities import remove_ros_args
 
 from occ_audit_ros.params import ParamSpec
 
-__all__ = ["ros_type", "descriptor", "declare_parameters", "overrides_from_kwargs"]
+__all__ = ["ros_type", "descriptor", "declare_parameters", "overrides_from_kwargs", "first_line", "own_arguments"]
 
 _ROS_TYPES = {"bool": Parameter.Type.BOOL, "integer": Parameter.Type.INTEGER, "double": Parameter.Type.DOUBLE,
               "string": Parameter.Type.STRING, "bool_array": Parameter.Type.BOOL_ARRAY,
@@ -93,3 +94,24 @@ def overrides_from_kwargs(specs: Iterable[ParamSpec], values: dict[str, Any]) ->
             value = coerce[kind](value)
         out.append(Parameter(name, ros_type(spec), value))
     return out
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, or its class name when it has none (rcl's parse errors
+    span several lines; an executable reports one)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else err.__class__.__name__
+
+
+def own_arguments(prog: str, argv: Sequence[str]) -> list[str]:
+    """The executable's own arguments: ``argv`` (without the program name) minus its ROS arguments
+    (``--ros-args ... [--]``), for argparse.
+
+    Raises:
+        ValueError: one line, when rcl cannot parse the ROS arguments (a malformed ``--params-file``
+            YAML, a bad ``--ros-args`` rule).
+    """
+    try:
+        return remove_ros_args([prog, *argv])[1:]
+    except Exception as err:  # noqa: BLE001 - rcl raises its own RCLError types
+        raise ValueError(f"invalid ROS arguments or parameter file: {first_line(err)}") from err

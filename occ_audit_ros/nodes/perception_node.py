@@ -75,7 +75,7 @@ from occ_audit_ros.sync import MultiCameraSynchronizer
 from occ_audit_ros.tf_buffer import (ExtrapolationError, FrameGraph, TransformBuffer, TransformRefused,
                                      TransformUnavailable, checked_edge, tolerant_lookup)
 from occ_audit_ros.nodes import backend_params
-from occ_audit_ros.nodes.parameters import declare_parameters
+from occ_audit_ros.nodes.parameters import declare_parameters, first_line
 from occ_audit_ros.nodes.conversions import (camera_info_to_K, check_image_matches_info, depth_from_image_msg,
                           hidden_object_to_markers, hidden_object_to_msg, hidden_object_to_pointcloud2,
                           rgb_from_compressed_msg, rgb_from_image_msg, semantic_voxels_to_markers, semantic_voxels_to_msg,
@@ -1042,8 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
         check_ros_args(list(argv))
         own = rclpy.utilities.remove_ros_args(argv)[1:]
     except Exception as err:  # noqa: BLE001 - ValueError above, rcl's RCLError for what rcl parses itself
-        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        print(f"perception_node: error: {first}", file=sys.stderr)
+        print(f"perception_node: error: {first_line(err)}", file=sys.stderr)
         return 2
     parser.parse_args(own)
     rclpy.init(args=argv)
