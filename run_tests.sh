@@ -2,7 +2,7 @@
 # The test command (README, .ci/run): set up .venv if needed, build and test the package with colcon
 # and check its install tree (scripts/colcon_check.py: fresh workspace build/colcon_ws, colcon
 # build, colcon test, install-tree check), then run the whole test suite.
-# The colcon step (about 70 s on 2 cores) runs when no arguments are given (CI) or with
+# The colcon step (70-115 s on 2 cores) runs when no arguments are given (CI) or with
 # OCC_AUDIT_COLCON=1; with extra pytest arguments (-x, -k EXPR, ...) it is skipped unless asked
 # for, and OCC_AUDIT_COLCON=0 always skips it. Its failure fails the run, after the test suite.
 # test/ros/test_colcon_install.py rebuilds the workspace itself when it is missing or stale.

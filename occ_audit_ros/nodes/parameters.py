@@ -1,7 +1,8 @@
 """Declaring :class:`occ_audit_ros.params.ParamSpec` tables on rclpy nodes (all nodes of the package).
 
 The specs are ROS-free (``occ_audit_ros/params.py``); this module is the rclpy side: declaration
-with descriptors, and typed overrides from Python keyword arguments.
+with descriptors, typed overrides from Python keyword arguments, and the executables' split of their
+own arguments from ``--ros-args`` (:func:`own_arguments`).
 """
 
 from __future__ import annotations
