@@ -7,8 +7,7 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
-from occ_audit_ros import conventions
-from occ_audit_ros.nodes.perception_node import PerceptionNode
+from occ_audit_ros.nodes.perception_node import PerceptionNode, input_topics
 
 
 def private_domain_id() -> int:
@@ -56,9 +55,5 @@ def whole_set_params(cameras) -> dict:
     can drop a full-size image. ``sync.timeout_s`` 0: the set waits for every camera, however slowly
     the burst is delivered, instead of going out without the late ones after 0.25 s of wall time.
     """
-    params = {"sync.timeout_s": 0.0}
-    for cam in cameras:
-        ns = conventions.camera_namespace(cam)
-        for suffix in ("image_raw", "camera_info", "depth"):
-            params[f"qos_overrides.{ns}/{suffix}.subscription.reliability"] = "reliable"
-    return params
+    return {"sync.timeout_s": 0.0,
+            **{f"qos_overrides.{topic}.subscription.reliability": "reliable" for topic in input_topics(list(cameras))}}

@@ -23,7 +23,7 @@ CLIP_CODE = "transformers.models.clip.modeling_clip"
 #: Runs ``module.main(argv)`` for each case in one fresh interpreter (an interpreter per case costs ~10 s
 #: here, most of it importing torch and rclpy). Each case's file-descriptor 2 is captured, so what rcl or a
 #: C library writes counts as much as Python's stderr; an exception escaping ``main`` is printed there
-#: with its traceback. After every case: rclpy's state and whether CLIP's model code was imported; after
+#: with its traceback, and a ``SystemExit`` (argparse's error) is recorded as ``exited`` with its code. After every case: rclpy's state and whether CLIP's model code was imported; after
 #: all of them the ``random-tiny`` CLIP is built, which does import it (the marker is the right one).
 PROBE = """
 import json, os, sys, tempfile, traceback
@@ -35,10 +35,11 @@ def run(argv):
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
+        exited = False
         try:
             code = main(argv)
         except SystemExit as exc:
-            code = exc.code
+            code, exited = exc.code, True
         except BaseException:
             traceback.print_exc()
             code = None
@@ -48,7 +49,8 @@ def run(argv):
             os.close(saved)
         captured.seek(0)
         err = captured.read().decode(errors="replace")
-    return {{"code": code, "stderr": err, "rclpy_ok": rclpy.ok(), "clip_imported": {clip!r} in sys.modules}}
+    return {{"code": code, "exited": exited, "stderr": err, "rclpy_ok": rclpy.ok(),
+            "clip_imported": {clip!r} in sys.modules}}
 
 cases = [run(argv) for argv in {argvs!r}]
 from occ_audit_ros.clip_model import load_clip
@@ -71,7 +73,7 @@ def _probe_all(module, argvs):
     """Run ``module.main(argv)`` for every ``argv`` of ``argvs`` in one fresh interpreter (:data:`PROBE`).
 
     Returns:
-        (one dict per case: ``code``, ``stderr``, ``rclpy_ok``, ``clip_imported``;
+        (one dict per case: ``code``, ``exited``, ``stderr``, ``rclpy_ok``, ``clip_imported``;
         whether building the tiny CLIP afterwards imported the marker module).
     """
     run = subprocess.run([sys.executable, "-c", PROBE.format(module=module, argvs=argvs, clip=CLIP_CODE)],
@@ -147,7 +149,7 @@ def test_perception_node_refuses_before_rclpy_and_model(case, probes, wrong_valu
               *[a.format(wrong=wrong_values) for a in extra]] for extra, _ in PERCEPTION_CASES]
     states, clip_after_load = probes("occ_audit_ros.nodes.perception_node", argvs)
     state, needle = states[case], PERCEPTION_CASES[case][1]
-    assert state["code"] == 2
+    assert state["code"] == 2 and not state["exited"]  # main returns its status
     _one_error_line(state["stderr"], needle)
     assert not state["rclpy_ok"] and not state["clip_imported"]
     assert clip_after_load  # the marker module is what a model load imports
@@ -181,7 +183,7 @@ def test_launcher_refuses_before_any_node(case, probes, bad_yaml):
     argvs = [[a.format(bad=bad_yaml) for a in argv] for argv, _ in LAUNCH_CASES]
     states, _ = probes("occ_audit_ros.nodes.launcher", argvs)
     state = states[case]
-    assert state["code"] == 2
+    assert state["code"] == 2 and not state["exited"]
     _one_error_line(state["stderr"], LAUNCH_CASES[case][1])
     assert not state["rclpy_ok"] and not state["clip_imported"]
 
@@ -205,7 +207,7 @@ def test_relevancy_cli_refuses_before_loading_clip(case, probes, bad_yaml):
              for extra, _ in RELEVANCY_CASES]
     states, _ = probes("occ_audit_ros.tools.relevancy_cli", argvs)
     state = states[case]
-    assert state["code"] == 2
+    assert state["code"] == 2 and not state["exited"]
     _one_error_line(state["stderr"], RELEVANCY_CASES[case][1].format())
     assert not state["clip_imported"]
 
@@ -223,14 +225,13 @@ RECORDER_CASES = [
 
 @pytest.mark.parametrize("case", range(len(RECORDER_CASES)), ids=[n for _, n in RECORDER_CASES])
 def test_bag_recorder_refuses_bad_arguments(case, probes, bad_yaml, out_dir):
-    outs = out_dir
-    argvs = [["--output", str(outs / f"rec{i}"), *[a.format(bad=bad_yaml) for a in extra]]
+    argvs = [["--output", str(out_dir / f"rec{i}"), *[a.format(bad=bad_yaml) for a in extra]]
              for i, (extra, _) in enumerate(RECORDER_CASES)]
     states, _ = probes("occ_audit_ros.nodes.bag_recorder", argvs)
     state = states[case]
-    assert state["code"] == 2
+    assert state["code"] == 2  # argparse's own errors exit with 2, as from the shell
     _one_error_line(state["stderr"], RECORDER_CASES[case][1].format(bad=bad_yaml))
-    assert not (outs / f"rec{case}").exists() and not (outs / f"rec{case}.partial").exists()
+    assert not (out_dir / f"rec{case}").exists() and not (out_dir / f"rec{case}.partial").exists()
 
 
 # ------------------------------------------------------------------------------------ nuscenes_to_bag
@@ -242,36 +243,35 @@ BROKEN_TABLES = [
     ("calibrated_sensor", '{"a": 1}', "expected a JSON list"),
 ]
 MODES = {"keyframe": [], "scene": ["--scene", "scene-0061"]}
-CONVERTER_CASES = [(mode, *broken) for mode in MODES for broken in BROKEN_TABLES]
+#: (mode, row of BROKEN_TABLES)
+CONVERTER_CASES = [(mode, row) for mode in MODES for row in range(len(BROKEN_TABLES))]
 
 
 @pytest.fixture(scope="module")
-def broken_roots(tmp_path_factory):
-    """One copy of the embedded nuScenes tables per :data:`BROKEN_TABLES` row, that table broken."""
-    roots = []
+def broken_tables(tmp_path_factory):
+    """Per :data:`BROKEN_TABLES` row: a copy of the embedded nuScenes data root with that table broken,
+    and the broken table's path."""
+    out = []
     for i, (table, content, _) in enumerate(BROKEN_TABLES):
         root = tmp_path_factory.mktemp(f"broken{i}") / "nuscenes"
         shutil.copytree(KEYFRAME, root)
         f = root / "v1.0-test" / f"{table}.json"
         text = f.read_text()
         f.write_text(text[:len(text) // 2] if content is None else content)
-        roots.append(root)
-    return roots
+        out.append((root, f))
+    return out
 
 
 @pytest.mark.parametrize("case", range(len(CONVERTER_CASES)),
-                         ids=[f"{m}-{t}" for m, t, _, _ in CONVERTER_CASES])
-def test_converter_names_the_broken_table(case, probes, broken_roots, out_dir):
-    argvs = [["--dataroot", str(broken_roots[BROKEN_TABLES.index((t, c, n))]),
-              "--output", str(out_dir / f"bag{i}"), "--no-progress", *MODES[m]]
-             for i, (m, t, c, n) in enumerate(CONVERTER_CASES)]
+                         ids=[f"{m}-{BROKEN_TABLES[row][0]}" for m, row in CONVERTER_CASES])
+def test_converter_names_the_broken_table(case, probes, broken_tables, out_dir):
+    argvs = [["--dataroot", str(broken_tables[row][0]), "--output", str(out_dir / f"bag{i}"), "--no-progress",
+              *MODES[mode]] for i, (mode, row) in enumerate(CONVERTER_CASES)]
     states, _ = probes("occ_audit_ros.tools.nuscenes_to_bag", argvs)
-    mode, table, content, needle = CONVERTER_CASES[case]
-    state = states[case]
+    state, row = states[case], CONVERTER_CASES[case][1]
     assert state["code"] == 1
-    f = broken_roots[BROKEN_TABLES.index((table, content, needle))] / "v1.0-test" / f"{table}.json"
-    line = _one_error_line(state["stderr"], str(f))
-    assert needle in line
+    line = _one_error_line(state["stderr"], str(broken_tables[row][1]))
+    assert BROKEN_TABLES[row][2] in line
     assert not (out_dir / f"bag{case}").exists()
 
 
